@@ -1,0 +1,44 @@
+// The one place where the schemas of stream_r1_fast's ops are defined. Backends register
+// their kernels beside the kernels themselves (TORCH_LIBRARY_IMPL in *_cpu.cpp / *_cuda.cpp);
+// fake kernels and autograd are registered from Python (stream_r1_fast/ops/*.py).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(stream_r1_fast, m) {
+  // Current chunk's queries attend densely to [occupied cache slots | current chunk].
+  // q, k, v: [B, Lq, H, D] pre-RoPE, Lq = Fq * grid_h * grid_w.
+  // k_cache, v_cache: [B, S, grid_h * grid_w, H, D] pre-RoPE, one latent frame per slot.
+  // cache_pos: int32 [S], temporal RoPE position of each slot, < 0 for an empty slot.
+  // q_pos: int32 [1], temporal position of the chunk's first frame.
+  // Returns out [B, Lq, H, D] (dtype of q) and lse [B, H, Lq] (float32, natural log of the
+  // softmax denominator of the scaled scores; consumed by the backward).
+  m.def(
+      "sink_attention(Tensor q, Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, "
+      "Tensor cache_pos, Tensor q_pos, int grid_h, int grid_w, float scale, "
+      "float rope_theta) -> (Tensor, Tensor)");
+
+  // In place, once per chunk: fill the sink, then the window ring; once the ring is full,
+  // evict its oldest frames, fold them into the sink by EMA (when as many frames are evicted
+  // as the sink holds; otherwise they are dropped), write k_new/v_new in their place and
+  // rewrite cache_pos with window-relative positions.
+  // state: int32 [4] = (sink_filled, ring_start, ring_count, next_pos).
+  m.def(
+      "ema_cache_update(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_pos, "
+      "Tensor(d!) state, Tensor k_new, Tensor v_new, int sink_size, float alpha) -> ()");
+
+  // Reward-gradient saliency -> spatio-temporal loss weights on the latent grid.
+  // saliency: per-axis pixel gradients [A, B, T, C, H, W], or one fused map [B, T, H, W].
+  // axis_weights: float [A] or [B, A] (ignored, and may be empty, for a fused map).
+  // Returns weights [B, F, h, w], tau [B, F], sigma [B, F, h, w], all float32.
+  m.def(
+      "saliency_weights(Tensor saliency, Tensor axis_weights, str mode, int temporal_factor, "
+      "int spatial_factor, float tau_floor, float sigma_floor, float gamma_t, float gamma_s) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+// Importing `stream_r1_fast._C` runs the static registrations above; the module itself is
+// empty. No pybind11: the ops are reached through torch.ops.stream_r1_fast.*.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
