@@ -36,8 +36,11 @@ class BackendInfo:
     def __str__(self) -> str:
         if self.name == "reference":
             return f"stream_r1_fast: pure PyTorch reference ops ({self.reason})"
-        devices = "CPU" + (" + CUDA" if self.cuda_kernels else " only (built without CUDA)")
-        return f"stream_r1_fast: compiled kernels, {devices} ({self.library})"
+        devices = [d for d, ok in (("CPU", self.cpu_kernels), ("CUDA", self.cuda_kernels)) if ok]
+        where = " + ".join(devices) if devices else "no kernels registered"
+        if not self.cuda_kernels:
+            where += " (CUDA: reference ops; built without CUDA kernels)"
+        return f"stream_r1_fast: compiled kernels for {where} [{self.library}]"
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:

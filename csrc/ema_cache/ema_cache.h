@@ -1,0 +1,96 @@
+// ema_cache_update: the bridge between the torch glue and the kernels. Torch-free and
+// CUDA-free, so the CPU .cpp, the CUDA glue and the .cu all include it.
+#pragma once
+#include <cstdint>
+
+#include "common/dtype_code.h"
+
+namespace srf {
+
+// One call of ema_cache_update on raw pointers. Caches are [B, S, P, H, D] contiguous, new
+// frames [B, Fn, P, H, D] contiguous; a "frame" is the P*H*D elements of one slot.
+struct EmaCacheParams {
+  void* k_cache;
+  void* v_cache;
+  int* cache_pos;    // [S]
+  int* state;        // [4] = (sink_filled, ring_start, ring_count, next_pos)
+  const void* k_new;
+  const void* v_new;
+  int64_t batch;
+  int64_t slots;        // S = sink_size + W
+  int64_t sink_size;
+  int64_t new_frames;   // Fn, 1 <= Fn <= W
+  int64_t frame_elems;  // P * H * D
+  float alpha;          // weight of the old sink
+  float one_minus_alpha;  // rounded from the double 1 - alpha, as the reference does
+  DType dtype;
+};
+
+// What one update does, derived from the state before it. Shared by the CPU kernel and the
+// CUDA kernels (host-and-device inline), so both backends make the same decisions.
+struct EmaCachePlan {
+  int sink_filled;  // state before the update, clamped into range
+  int ring_start;
+  int ring_count;
+  int to_sink;      // new frames 0..to_sink-1 fill the sink at sink_filled + f
+  int to_ring;      // the rest go to ring slots
+  int free_slots;   // W - ring_count: the first free_slots ring frames need no eviction
+  int evict;        // oldest ring frames overwritten this call
+  bool fold;        // evicted frames are folded into the sink (evict == sink_size)
+};
+
+#if defined(__CUDACC__)
+#define SRF_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define SRF_HOST_DEVICE inline
+#endif
+
+SRF_HOST_DEVICE int ema_clamp(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// `state` values outside their ranges are clamped so that a corrupted state can never move
+// data out of bounds on the device (the CPU entry point rejects such a state outright).
+SRF_HOST_DEVICE EmaCachePlan ema_cache_plan(const int* state, int sink_size, int ring,
+                                            int new_frames) {
+  EmaCachePlan p;
+  p.sink_filled = ema_clamp(state[0], 0, sink_size);
+  p.ring_start = ema_clamp(state[1], 0, ring - 1);
+  p.ring_count = ema_clamp(state[2], 0, ring);
+  p.to_sink = sink_size - p.sink_filled < new_frames ? sink_size - p.sink_filled : new_frames;
+  p.to_ring = new_frames - p.to_sink;
+  p.free_slots = ring - p.ring_count;
+  p.evict = p.to_ring > p.free_slots ? p.to_ring - p.free_slots : 0;
+  // A valid state only evicts once the sink is full (to_sink == 0); the guard keeps a
+  // corrupted one from filling and folding the same sink slot in one call.
+  p.fold = p.evict > 0 && p.evict == sink_size && p.to_sink == 0;
+  return p;
+}
+
+// Ring slot (0-based inside the ring) of the i-th frame that goes to the ring this call.
+SRF_HOST_DEVICE int ema_ring_slot(const EmaCachePlan& p, int i, int ring) {
+  return (p.ring_start + p.ring_count + i) % ring;
+}
+
+// The new state and cache_pos entry of `slot` after the update.
+SRF_HOST_DEVICE void ema_next_state(const EmaCachePlan& p, int ring, int* out_state) {
+  const int sink_filled = p.sink_filled + p.to_sink;
+  const int ring_count = p.ring_count + p.to_ring < ring ? p.ring_count + p.to_ring : ring;
+  out_state[0] = sink_filled;
+  out_state[1] = (p.ring_start + p.evict) % ring;
+  out_state[2] = ring_count;
+  out_state[3] = sink_filled + ring_count;
+}
+
+SRF_HOST_DEVICE int ema_slot_pos(const int* next_state, int slot, int sink_size, int ring) {
+  if (slot < sink_size) return slot < next_state[0] ? slot : -1;
+  const int age = (slot - sink_size - next_state[1] + ring) % ring;
+  return age < next_state[2] ? next_state[0] + age : -1;
+}
+
+#undef SRF_HOST_DEVICE
+
+#if defined(SRF_WITH_CUDA)
+// Enqueues the data kernel and the state/cache_pos rewrite on `stream` (a cudaStream_t).
+void launch_ema_cache_update(const EmaCacheParams& params, void* stream);
+#endif
+
+}  // namespace srf

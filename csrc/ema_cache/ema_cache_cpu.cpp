@@ -1,0 +1,101 @@
+// ema_cache_update on the CPU: validation, the data movement (at::parallel_for over the
+// bytes to move, EMA folds in float32) and the state / cache_pos rewrite.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "ema_cache/ema_cache_checks.h"
+
+namespace srf {
+namespace {
+
+// The CPU reads state anyway, so an inconsistent one is an error rather than clamped.
+void check_state_values(const int* st, int64_t sink_size, int64_t ring) {
+  TORCH_CHECK(st[0] >= 0 && st[0] <= sink_size && st[1] >= 0 && st[1] < ring && st[2] >= 0 &&
+                  st[2] <= ring && (st[2] == 0 || st[0] == sink_size),
+              "state = (sink_filled=", st[0], ", ring_start=", st[1], ", ring_count=", st[2],
+              ") is inconsistent with sink_size = ", sink_size, " and W = ", ring,
+              " ring slots; pass the state of an empty cache (zeros) or of the previous update "
+              "with the same sink_size");
+}
+
+template <typename scalar_t>
+void move_frames(const EmaCacheParams& prm, const EmaCachePlan& plan) {
+  const int64_t fe = prm.frame_elems, s = prm.slots, fn = prm.new_frames;
+  const int ring = static_cast<int>(prm.slots - prm.sink_size);
+  const int64_t rows = 2 * prm.batch * fn;  // (tensor, batch, new frame)
+  const float a = prm.alpha, one_minus_a = prm.one_minus_alpha;
+  constexpr int64_t kGrain = 1 << 15;
+  at::parallel_for(0, rows * fe, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end;) {
+      const int64_t row = idx / fe, e0 = idx % fe;
+      const int64_t n = std::min(fe - e0, end - idx);
+      idx += n;
+      const bool is_v = row >= prm.batch * fn;
+      const int64_t b = (row % (prm.batch * fn)) / fn;
+      const int f = static_cast<int>(row % fn);
+      auto* cache = static_cast<scalar_t*>(is_v ? prm.v_cache : prm.k_cache) + b * s * fe;
+      const auto* src =
+          static_cast<const scalar_t*>(is_v ? prm.v_new : prm.k_new) + (b * fn + f) * fe + e0;
+      int64_t slot;
+      int64_t fold_into = -1;  // sink slot that absorbs the frame this one overwrites
+      if (f < plan.to_sink) {
+        slot = plan.sink_filled + f;
+      } else {
+        const int i = f - plan.to_sink;
+        slot = prm.sink_size + ema_ring_slot(plan, i, ring);
+        if (plan.fold && i >= plan.free_slots) fold_into = i - plan.free_slots;
+      }
+      scalar_t* dst = cache + slot * fe + e0;
+      if (fold_into >= 0) {
+        // Sink, evicted and new frames are distinct slots / tensors: no aliasing, so the
+        // compiler may vectorise. The evicted frame is read before the new one overwrites it.
+        scalar_t* __restrict__ sink = cache + fold_into * fe + e0;
+        scalar_t* __restrict__ evicted = dst;
+        const scalar_t* __restrict__ fresh = src;
+        for (int64_t e = 0; e < n; ++e) {
+          const float old_part = a * static_cast<float>(sink[e]);
+          const float evicted_part = one_minus_a * static_cast<float>(evicted[e]);
+          sink[e] = static_cast<scalar_t>(old_part + evicted_part);
+        }
+        std::memcpy(evicted, fresh, n * sizeof(scalar_t));
+      } else {
+        std::memcpy(dst, src, n * sizeof(scalar_t));
+      }
+    }
+  });
+}
+
+void ema_cache_update_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& cache_pos, const at::Tensor& state,
+                          const at::Tensor& k_new, const at::Tensor& v_new, int64_t sink_size,
+                          double alpha) {
+  const EmaCacheParams prm =
+      check_ema_cache_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha);
+  TORCH_CHECK(k_cache.device().is_cpu(), "k_cache must be a CPU tensor for the CPU kernel");
+  const int ring = static_cast<int>(prm.slots - prm.sink_size);
+  check_state_values(prm.state, prm.sink_size, ring);
+  const EmaCachePlan plan = ema_cache_plan(prm.state, static_cast<int>(prm.sink_size), ring,
+                                           static_cast<int>(prm.new_frames));
+  if (prm.batch * prm.frame_elems > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(),
+                                    "ema_cache_update_cpu",
+                                    [&] { move_frames<scalar_t>(prm, plan); });
+  }
+  int next[4];
+  ema_next_state(plan, ring, next);
+  for (int64_t slot = 0; slot < prm.slots; ++slot) {
+    prm.cache_pos[slot] =
+        ema_slot_pos(next, static_cast<int>(slot), static_cast<int>(prm.sink_size), ring);
+  }
+  std::memcpy(prm.state, next, sizeof(next));
+}
+
+}  // namespace
+}  // namespace srf
+
+TORCH_LIBRARY_IMPL(stream_r1_fast, CPU, m) {
+  m.impl("ema_cache_update", &srf::ema_cache_update_cpu);
+}
