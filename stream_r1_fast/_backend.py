@@ -9,7 +9,6 @@ the installed one (a developer's build tree).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import warnings
@@ -36,10 +35,12 @@ class BackendInfo:
     def __str__(self) -> str:
         if self.name == "reference":
             return f"stream_r1_fast: pure PyTorch reference ops ({self.reason})"
-        devices = [d for d, ok in (("CPU", self.cpu_kernels), ("CUDA", self.cuda_kernels)) if ok]
-        where = " + ".join(devices) if devices else "no kernels registered"
-        if not self.cuda_kernels:
-            where += " (CUDA: reference ops; built without CUDA kernels)"
+        if self.cpu_kernels and self.cuda_kernels:
+            where = "CPU + CUDA"
+        elif self.cpu_kernels:
+            where = "CPU (built without CUDA kernels: CUDA tensors use the reference)"
+        else:
+            where = "a subset of the ops (a partial developer build; the rest use the reference)"
         return f"stream_r1_fast: compiled kernels for {where} [{self.library}]"
 
 
@@ -93,10 +94,15 @@ def backend_info() -> BackendInfo:
     return INFO
 
 
-@functools.lru_cache(maxsize=None)
+# Which (op, device type) pairs have a compiled kernel, fixed at import. A plain dict so that
+# the lookup inside the public ops traces under torch.compile(fullgraph=True).
+_KERNELS: dict[tuple[str, str], bool] = {
+    (op, device_type): INFO.name == "extension" and _has_kernel(op, key)
+    for op in OPS
+    for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+}
+
+
 def use_kernel(op: str, device_type: str) -> bool:
     """Whether ``op`` on tensors of ``device_type`` runs a compiled kernel (else the reference)."""
-    if INFO.name != "extension":
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and _has_kernel(op, key)
+    return _KERNELS.get((op, device_type), False)

@@ -15,8 +15,6 @@ from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
 
 _OP = "ema_cache_update"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Decided once (the backend is fixed at import), so torch.compile sees a constant.
-_KERNEL_DEVICES = frozenset(dt for dt in ("cpu", "cuda") if use_kernel(_OP, dt))
 
 
 def new_sink_cache(
@@ -148,7 +146,7 @@ def ema_cache_update(
     evicted slots. Raises ValueError on malformed arguments, naming the argument.
     """
     _check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha)
-    if k_cache.device.type in _KERNEL_DEVICES:
+    if use_kernel(_OP, k_cache.device.type):
         torch.ops.stream_r1_fast.ema_cache_update(
             k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha
         )

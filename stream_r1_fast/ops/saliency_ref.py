@@ -14,25 +14,29 @@ From per-axis reward gradients w.r.t. pixels g[A, B, T, C, H, W]:
    ``gamma_s``, divided by its mean over (h, w);
 5. ``W = tau_f * sigma_f[h, w]``, divided by its mean over (F, h, w).
 
-A min-max over a constant (range 0, or not finite) yields 1 everywhere, so constant or zero
-saliency and one-frame videos give uniform weights, never NaN. All math in float32 (float64
-for float64 inputs).
+A min-max over a constant yields 1 everywhere, so constant or zero saliency and one-frame
+videos give uniform weights, never NaN. "Constant" means a range that is not finite or at most
+``RANGE_RTOL`` times the largest magnitude: pooling a constant map leaves float rounding
+differences between cells (partial blocks average fewer entries), and a min-max must not
+stretch that noise to [0, 1]. All math in float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+# Relative range below which a min-max counts as constant (csrc/saliency/saliency.h: kRangeRtol).
+RANGE_RTOL = 1e-4
 
 
 def latent_grid(t: int, h: int, w: int, temporal_factor: int, spatial_factor: int) -> tuple[int, int, int]:
     """Latent grid (F, h, w) of a T x H x W video under the VAE's causal compression."""
+    # Integer ceilings: exact for any size, and traceable with symbolic sizes.
     return (
-        1 + math.ceil((t - 1) / temporal_factor),
-        math.ceil(h / spatial_factor),
-        math.ceil(w / spatial_factor),
+        1 + (t - 1 + temporal_factor - 1) // temporal_factor,
+        (h + spatial_factor - 1) // spatial_factor,
+        (w + spatial_factor - 1) // spatial_factor,
     )
 
 
@@ -77,7 +81,7 @@ def _minmax_floor_mix(x: torch.Tensor, dims: tuple[int, ...], floor: float, gamm
     lo = x.amin(dim=dims, keepdim=True)
     hi = x.amax(dim=dims, keepdim=True)
     rng = hi - lo
-    ok = torch.isfinite(rng) & (rng > 0)
+    ok = torch.isfinite(rng) & (rng > RANGE_RTOL * torch.maximum(lo.abs(), hi.abs()))
     hat = torch.where(ok, (x - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.ones_like(x))
     mixed = (1.0 - gamma) + gamma * hat.clamp_min(floor)
     return mixed / mixed.mean(dim=dims, keepdim=True)

@@ -1,0 +1,104 @@
+// saliency_weights: argument checks, output allocation and Params filling, shared by the CPU
+// and CUDA entry points so that both reject the same inputs with the same messages.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string_view>
+#include <tuple>
+
+#include "common/checks.h"
+#include "common/dtype.h"
+#include "saliency/saliency.h"
+
+namespace srf::saliency {
+
+// Everything an entry point needs after validation: the params (pointers set) and the tensors
+// that own the memory behind them.
+struct Prepared {
+  Params p;
+  at::Tensor axis_weights;  // float32 contiguous copy (or an empty tensor for a fused map)
+  at::Tensor weights, tau, sigma, workspace;
+};
+
+inline void check_unit_interval(double v, const char* name) {
+  TORCH_CHECK(v >= 0.0 && v <= 1.0, name, " must be in [0, 1], got ", v);
+}
+
+inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weights,
+                        std::string_view mode, int64_t temporal_factor, int64_t spatial_factor,
+                        double tau_floor, double sigma_floor, double gamma_t, double gamma_s) {
+  TORCH_CHECK(saliency.dim() == 6 || saliency.dim() == 4,
+              "saliency must be per-axis gradients [A, B, T, C, H, W] or a fused map "
+              "[B, T, H, W], got shape ",
+              saliency.sizes());
+  check_float_dtype(saliency, "saliency");
+  check_contiguous(saliency, "saliency");
+  for (int64_t d = 0; d < saliency.dim(); ++d) {
+    TORCH_CHECK(saliency.size(d) > 0, "saliency must have no empty dimension, got shape ",
+                saliency.sizes());
+  }
+  TORCH_CHECK(mode == "vae" || mode == "trilinear", "mode must be 'vae' or 'trilinear', got '",
+              std::string(mode), "'");
+  TORCH_CHECK(temporal_factor >= 1, "temporal_factor must be >= 1, got ", temporal_factor);
+  TORCH_CHECK(spatial_factor >= 1, "spatial_factor must be >= 1, got ", spatial_factor);
+  check_unit_interval(tau_floor, "tau_floor");
+  check_unit_interval(sigma_floor, "sigma_floor");
+  check_unit_interval(gamma_t, "gamma_t");
+  check_unit_interval(gamma_s, "gamma_s");
+
+  Prepared out;
+  Params& p = out.p;
+  p.fused_input = saliency.dim() == 4;
+  const int64_t off = p.fused_input ? -1 : 0;  // index shift: [A, B, T, C, H, W] vs [B, T, H, W]
+  p.A = p.fused_input ? 1 : saliency.size(0);
+  p.B = saliency.size(off + 1);
+  p.T = saliency.size(off + 2);
+  p.C = p.fused_input ? 1 : saliency.size(3);
+  p.H = saliency.size(saliency.dim() - 2);
+  p.W = saliency.size(saliency.dim() - 1);
+
+  if (p.fused_input) {
+    p.axis_weights = nullptr;
+    p.axis_weights_b_stride = 0;
+  } else {
+    TORCH_CHECK(at::isFloatingType(axis_weights.scalar_type()),
+                "axis_weights must be a floating-point tensor, got ", axis_weights.scalar_type());
+    check_same_device(axis_weights, saliency, "axis_weights", "saliency");
+    const bool per_axis = axis_weights.dim() == 1 && axis_weights.size(0) == p.A;
+    const bool per_sample = axis_weights.dim() == 2 && axis_weights.size(0) == p.B &&
+                            axis_weights.size(1) == p.A;
+    TORCH_CHECK(per_axis || per_sample, "axis_weights must have shape [A] = [", p.A,
+                "] or [B, A] = [", p.B, ", ", p.A, "] for saliency of shape ", saliency.sizes(),
+                ", got ", axis_weights.sizes());
+    out.axis_weights = axis_weights.to(at::kFloat).contiguous();
+    p.axis_weights = out.axis_weights.data_ptr<float>();
+    p.axis_weights_b_stride = per_sample ? p.A : 0;
+  }
+
+  p.tf = temporal_factor;
+  p.sf = spatial_factor;
+  p.F = 1 + ceil_div(p.T - 1, p.tf);
+  p.h = ceil_div(p.H, p.sf);
+  p.w = ceil_div(p.W, p.sf);
+  p.mode = mode == "vae" ? Mode::kVae : Mode::kTrilinear;
+  p.tau_floor = static_cast<float>(tau_floor);
+  p.sigma_floor = static_cast<float>(sigma_floor);
+  p.gamma_t = static_cast<float>(gamma_t);
+  p.gamma_s = static_cast<float>(gamma_s);
+  p.saliency = saliency.data_ptr();
+  p.dtype = dtype_code(saliency.scalar_type());
+
+  const auto opts = saliency.options().dtype(at::kFloat);
+  out.weights = at::empty({p.B, p.F, p.h, p.w}, opts);
+  out.tau = at::empty({p.B, p.F}, opts);
+  out.sigma = at::empty({p.B, p.F, p.h, p.w}, opts);
+  out.workspace = at::empty({2, p.B * p.F}, opts);
+  p.weights = out.weights.data_ptr<float>();
+  p.tau = out.tau.data_ptr<float>();
+  p.sigma = out.sigma.data_ptr<float>();
+  p.frame_mean = out.workspace.data_ptr<float>();
+  p.sigma_sum = p.frame_mean + p.B * p.F;
+  return out;
+}
+
+}  // namespace srf::saliency
