@@ -44,6 +44,8 @@ def rotated_keys_values(
     valid = torch.cat(
         [(cache_pos >= 0).repeat_interleave(p), torch.ones(k.shape[1], dtype=torch.bool, device=k.device)]
     )
+    # Empty slots may hold anything (NaN included): their zero weights must not meet it.
+    values = values.masked_fill(~valid[None, :, None, None], 0)
     return keys, values, valid
 
 

@@ -1,0 +1,95 @@
+// Input validation and params construction shared by the CPU and CUDA entry points.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common/checks.h"
+#include "common/dtype.h"
+#include "sink_attention/sink_attention.h"
+
+namespace srf {
+
+// Validates the op's arguments (messages name the argument and the expectation) and returns
+// the params with every pointer but out, lse and rope_table set.
+inline SinkAttentionParams sink_attention_params(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& k_cache,
+                                                 const at::Tensor& v_cache,
+                                                 const at::Tensor& cache_pos,
+                                                 const at::Tensor& q_pos, int64_t grid_h,
+                                                 int64_t grid_w, double scale, double rope_theta) {
+  TORCH_CHECK(grid_h > 0 && grid_w > 0, "sink_attention: grid_h and grid_w must be positive, got ",
+              grid_h, " and ", grid_w);
+  TORCH_CHECK(std::isfinite(scale), "sink_attention: scale must be finite, got ", scale);
+  TORCH_CHECK(std::isfinite(rope_theta) && rope_theta > 0,
+              "sink_attention: rope_theta must be positive, got ", rope_theta);
+  check_rank(q, "q", 4, "[B, Lq, H, D]");
+  check_rank(k, "k", 4, "[B, Lq, H, D]");
+  check_rank(v, "v", 4, "[B, Lq, H, D]");
+  check_rank(k_cache, "k_cache", 5, "[B, S, P, H, D]");
+  check_rank(v_cache, "v_cache", 5, "[B, S, P, H, D]");
+
+  check_float_dtype(q, "q");
+  check_same_dtype(k, q, "k", "q");
+  check_same_dtype(v, q, "v", "q");
+  check_same_dtype(k_cache, q, "k_cache", "q");
+  check_same_dtype(v_cache, q, "v_cache", "q");
+
+  check_same_device(k, q, "k", "q");
+  check_same_device(v, q, "v", "q");
+  check_same_device(k_cache, q, "k_cache", "q");
+  check_same_device(v_cache, q, "v_cache", "q");
+  check_same_device(cache_pos, q, "cache_pos", "q");
+  check_same_device(q_pos, q, "q_pos", "q");
+
+  const int64_t b = q.size(0), lq = q.size(1), h = q.size(2), d = q.size(3);
+  TORCH_CHECK(d == 64 || d == 128, "sink_attention: head_dim (last dim of q) must be 64 or 128, got ",
+              d);
+  TORCH_CHECK(k.sizes() == q.sizes(), "k must have the shape of q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(v.sizes() == q.sizes(), "v must have the shape of q ", q.sizes(), ", got ", v.sizes());
+  const int64_t p = grid_h * grid_w;
+  TORCH_CHECK(lq % p == 0, "q.shape[1] (Lq = ", lq, ") must be a multiple of grid_h * grid_w = ", p,
+              " (whole latent frames)");
+  const int64_t s = k_cache.size(1);
+  TORCH_CHECK(k_cache.size(0) == b && k_cache.size(2) == p && k_cache.size(3) == h &&
+                  k_cache.size(4) == d,
+              "k_cache must have shape [B, S, P, H, D] = [", b, ", S, ", p, ", ", h, ", ", d,
+              "] to match q and grid_h * grid_w, got ", k_cache.sizes());
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ",
+              k_cache.sizes(), ", got ", v_cache.sizes());
+  check_int32_vector(cache_pos, "cache_pos", s);
+  check_int32_vector(q_pos, "q_pos", 1);
+
+  check_contiguous(q, "q");
+  check_contiguous(k, "k");
+  check_contiguous(v, "v");
+  check_contiguous(k_cache, "k_cache");
+  check_contiguous(v_cache, "v_cache");
+
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(s * p + lq <= kIntMax && b <= 65535 && h <= 65535,
+              "sink_attention: sizes too large (keys ", s * p + lq, ", batch ", b, ", heads ", h, ")");
+
+  SinkAttentionParams prm{};
+  prm.q = q.data_ptr();
+  prm.k = k.data_ptr();
+  prm.v = v.data_ptr();
+  prm.k_cache = k_cache.data_ptr();
+  prm.v_cache = v_cache.data_ptr();
+  prm.cache_pos = cache_pos.data_ptr<int32_t>();
+  prm.q_pos = q_pos.data_ptr<int32_t>();
+  prm.batch = static_cast<int>(b);
+  prm.q_len = static_cast<int>(lq);
+  prm.heads = static_cast<int>(h);
+  prm.head_dim = static_cast<int>(d);
+  prm.slots = static_cast<int>(s);
+  prm.grid_h = static_cast<int>(grid_h);
+  prm.grid_w = static_cast<int>(grid_w);
+  prm.scale = static_cast<float>(scale);
+  prm.rope_theta = rope_theta;
+  prm.dtype = dtype_code(q.scalar_type());
+  return prm;
+}
+
+}  // namespace srf
