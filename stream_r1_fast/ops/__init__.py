@@ -1,8 +1,8 @@
 """The three fused ops. Each lives in ``<op>.py`` (public function, fake kernel, autograd)
 beside its PyTorch reference ``<op>_ref.py``, which defines its semantics."""
 
-from stream_r1_fast.ops.ema_cache import ema_cache_update
+from stream_r1_fast.ops.ema_cache import ema_cache_update, new_sink_cache
 from stream_r1_fast.ops.saliency import saliency_weights
 from stream_r1_fast.ops.sink_attention import sink_attention
 
-__all__ = ["ema_cache_update", "saliency_weights", "sink_attention"]
+__all__ = ["ema_cache_update", "new_sink_cache", "saliency_weights", "sink_attention"]
