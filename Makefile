@@ -39,7 +39,7 @@ else
 $(STAMP): $(VENV)/bin/python $(SOURCES)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy "scikit-build-core>=0.10" "cmake>=3.26" ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,cupy]"
 	@touch $@
 endif
 

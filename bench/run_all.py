@@ -19,6 +19,7 @@ SUITE = [
     ("bench_sink_attention", "sink_attention", "rf_style"),
     ("bench_ema_cache", "ema_cache", "rf_shift"),
     ("bench_saliency", "saliency", "reference"),
+    ("bench_nvrtc", "nvrtc", "compiled"),  # CUDA only: run-time compiled kernels vs nvcc's
 ]
 
 
@@ -36,6 +37,8 @@ def main() -> None:
         module = importlib.import_module(module_name)
         print(f"\n== {name} ==")
         rows = module.run(device)
+        if not rows:
+            continue
         print_table(rows, baseline=baseline)
         print(f"-> {write_json(name, rows, device)}")
 

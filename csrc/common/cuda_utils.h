@@ -1,9 +1,12 @@
-// Torch-free helpers for the .cu kernel files: conversions and dtype dispatch.
+// Torch-free helpers for the kernel files: conversions and dtype dispatch. Compiles under nvcc
+// and NVRTC (which has no <cuda_runtime.h>: its device builtins are always declared there).
 #pragma once
 #include "common/dtype_code.h"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#if !defined(__CUDACC_RTC__)
 #include <cuda_runtime.h>
+#endif
 
 namespace srf {
 

@@ -1,7 +1,7 @@
 // ema_cache_update: the bridge between the torch glue and the kernels. Torch-free and
-// CUDA-free, so the CPU .cpp, the CUDA glue and the .cu all include it.
+// CUDA-free, so the CPU .cpp, the CUDA glue, the .cu and NVRTC all include it.
 #pragma once
-#include <cstdint>
+#include "common/int_types.h"
 
 #include "common/dtype_code.h"
 

@@ -1,11 +1,14 @@
 // saliency_weights: the params struct shared by the CPU and CUDA kernels, and the small pieces
 // of math both must compute identically (latent-grid geometry, trilinear source indices, the
-// min-max / floor / gamma mix). Torch-free: included by the .cu file as well.
+// min-max / floor / gamma mix). Torch-free: included by the .cu file and by NVRTC as well
+// (where floorf / fabsf / fmaxf are builtins and <cmath> does not exist).
 #pragma once
+#if !defined(__CUDACC_RTC__)
 #include <cmath>
-#include <cstdint>
+#endif
 
 #include "common/dtype_code.h"
+#include "common/int_types.h"
 
 #if defined(__CUDACC__)
 #define SRF_SAL_HD __host__ __device__ __forceinline__

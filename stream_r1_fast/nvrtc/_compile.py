@@ -1,0 +1,288 @@
+"""Compiling the shipped kernel headers with NVRTC (through CuPy), caching the binaries on
+disk, loading them per device and launching them on torch's current stream.
+
+One NVRTC translation unit per op: ``#include "<op>/<op>_kernels.cuh"``, the name expressions
+of the template instantiations the launch code may pick, and ``static_assert``s that the
+params struct has the layout of the NumPy dtype that passes it by value. CuPy is imported on
+first use only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CACHE_ENV = "STREAM_R1_FAST_NVRTC_CACHE"
+# Bumped when what a cache entry holds changes.
+_CACHE_FORMAT = 1
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_MARKER = Path("common") / "cuda_utils.h"
+
+# The nvcc build's options (CMakeLists.txt: -O3 -lineinfo; NVRTC optimises by default and has
+# no --expt-relaxed-constexpr, which the kernels do not need). nvcc and
+# NVRTC share the defaults -ftz=false -prec-div=true -prec-sqrt=true -fmad=true).
+BASE_OPTIONS = ("-std=c++17", "-lineinfo")
+
+CTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+
+
+def source_dir() -> Path | None:
+    """Root of the kernel headers: the wheel's ``stream_r1_fast/_kernels`` (CMake installs
+    csrc's headers there), else ``csrc/`` of a source checkout (editable installs)."""
+    for root in (_PACKAGE_DIR / "_kernels", _PACKAGE_DIR.parent / "csrc"):
+        if (root / _MARKER).is_file():
+            return root
+    return None
+
+
+def cuda_include_dir() -> str | None:
+    """Where ``cuda_fp16.h`` / ``cuda_bf16.h`` live (NVRTC does not ship them): the CUDA
+    runtime headers of the pip wheels torch depends on, else a CUDA toolkit."""
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        found = find_nvidia_header_directory("cudart")
+        if found:
+            return found
+    except Exception:  # noqa: BLE001 - any failure just means "look elsewhere"
+        pass
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return str(Path(root) / "include")
+    return None
+
+
+def cache_dir() -> Path:
+    """``$STREAM_R1_FAST_NVRTC_CACHE``, else ``$XDG_CACHE_HOME`` (or ~/.cache)/stream_r1_fast/nvrtc."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stream_r1_fast" / "nvrtc"
+
+
+def header_constants(header: str, root: Path | None = None) -> dict[str, int]:
+    """The ``constexpr int kName = <literal>;`` of a kernel header, so that the Python launch
+    code uses the block sizes the kernels were written for (one source of truth)."""
+    root = root or source_dir()
+    text = (root / header).read_text()
+    return {m[1]: int(m[2]) for m in re.finditer(r"constexpr int (k\w+) = (\d+);", text)}
+
+
+def dependencies(source: str, root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` that ``source`` includes with quotes, recursively."""
+    found: dict[str, str] = {}
+    pending = re.findall(r'#include "([^"]+)"', source)
+    while pending:
+        rel = pending.pop()
+        if rel in found or not (root / rel).is_file():
+            continue
+        data = (root / rel).read_bytes()
+        found[rel] = hashlib.sha256(data).hexdigest()
+        pending += re.findall(r'#include "([^"]+)"', data.decode())
+    return dict(sorted(found.items()))
+
+
+def cache_key(source: str, files: dict[str, str], target: str, options: tuple[str, ...],
+              names: tuple[str, ...], versions: dict[str, str]) -> str:
+    """Hash of everything that determines the binary: translation unit, included files,
+    target architecture, options, name expressions and compiler versions."""
+    payload = json.dumps(
+        dict(format=_CACHE_FORMAT, source=source, files=files, target=target,
+             options=list(options), names=list(names), versions=versions),
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def nvrtc_target(arch: int, supported: tuple[int, ...]) -> tuple[str, str]:
+    """(``--gpu-architecture`` value, output kind): SASS for an architecture NVRTC knows, else
+    PTX for the newest one below it (the driver compiles that for the device)."""
+    if arch in supported:
+        return f"sm_{arch}", "cubin"
+    older = [a for a in supported if a < arch]
+    if not older:
+        raise RuntimeError(f"NVRTC supports architectures {supported}, none usable for sm_{arch}")
+    return f"compute_{max(older)}", "ptx"
+
+
+@dataclasses.dataclass(frozen=True)
+class Struct:
+    """A kernel parameter struct passed by value: its C++ name and NumPy twin (align=True)."""
+
+    cxx_name: str
+    dtype: np.dtype
+
+    def layout_asserts(self) -> str:
+        """Size checks NVRTC can evaluate (it has no offsetof; tests/test_nvrtc.py compares
+        the offsets with the host compiler's, which CUDA guarantees the device shares)."""
+        what = "differs from stream_r1_fast.nvrtc's NumPy dtype"
+        lines = [f'static_assert(sizeof({self.cxx_name}) == {self.dtype.itemsize}, '
+                 f'"sizeof({self.cxx_name}) {what}");']
+        for field, (ftype, _) in self.dtype.fields.items():
+            lines.append(f'static_assert(sizeof({self.cxx_name}::{field}) == {ftype.itemsize}, '
+                         f'"{self.cxx_name}::{field} {what}");')
+        return "\n".join(lines) + "\n"
+
+    def pack(self, **values) -> np.ndarray:
+        """A one-element array: CuPy passes it to the kernel by value, as raw bytes."""
+        out = np.zeros(1, dtype=self.dtype)
+        for name, value in values.items():
+            out[name] = value
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """One op's NVRTC translation unit."""
+
+    op: str
+    header: str                       # e.g. "ema_cache/ema_cache_kernels.cuh"
+    names: tuple[str, ...]            # name expressions: every kernel the launcher may pick
+    structs: tuple[Struct, ...] = ()
+
+    def source(self) -> str:
+        body = f'#include "{self.header}"\n'
+        return body + "".join(s.layout_asserts() for s in self.structs)
+
+
+def _versions() -> dict[str, str]:
+    import cupy
+    from cupy.cuda import nvrtc
+
+    return {"cupy": cupy.__version__, "nvrtc": ".".join(map(str, nvrtc.getVersion()))}
+
+
+def compile_options(target: str, root: Path, cuda_include: str | None) -> tuple[str, ...]:
+    includes = [f"-I{root}"] + ([f"-I{cuda_include}"] if cuda_include else [])
+    return BASE_OPTIONS + (f"--gpu-architecture={target}",) + tuple(includes)
+
+
+def nvrtc_compile(source: str, options: tuple[str, ...], names: tuple[str, ...], kind: str,
+                  filename: str = "kernels.cu") -> tuple[bytes, dict[str, str]]:
+    """(cubin or PTX, {name expression: lowered name}); raises RuntimeError with NVRTC's log."""
+    from cupy.cuda import nvrtc
+
+    prog = nvrtc.createProgram(source, filename, (), ())
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(
+                f"NVRTC failed to compile {filename} ({' '.join(options)}):\n"
+                f"{nvrtc.getProgramLog(prog)}"
+            ) from exc
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+        binary = nvrtc.getCUBIN(prog) if kind == "cubin" else nvrtc.getPTX(prog)
+        return (binary if isinstance(binary, bytes) else binary.encode()), lowered
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class KernelModule:
+    """An op's kernels, compiled on first use per architecture; ``kernel(name, device)``."""
+
+    def __init__(self, spec: KernelSpec):
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._modules: dict[int, tuple[object, dict[str, str]]] = {}  # arch -> (RawModule, names)
+        self._kernels: dict[tuple[int, str], object] = {}
+        self.last_build: dict[str, object] = {}  # how the last load went (for the benchmark)
+
+    def reset(self) -> None:
+        """Forget the loaded modules (the disk cache stays)."""
+        with self._lock:
+            self._modules.clear()
+            self._kernels.clear()
+
+    def kernel(self, name: str, device: torch.device):
+        major, minor = torch.cuda.get_device_capability(device)
+        arch = 10 * major + minor
+        found = self._kernels.get((arch, name))
+        if found is None:
+            with self._lock:
+                if arch not in self._modules:
+                    self._modules[arch] = self._load(arch)
+                module, lowered = self._modules[arch]
+                found = self._kernels[(arch, name)] = module.get_function(lowered[name])
+        return found
+
+    def _load(self, arch: int):
+        import cupy
+        from cupy.cuda import nvrtc
+
+        root = source_dir()
+        if root is None:
+            raise RuntimeError("stream_r1_fast: the kernel sources (package data _kernels/) are missing")
+        source = self.spec.source()
+        target, kind = nvrtc_target(arch, tuple(nvrtc.getSupportedArchs()))
+        options = compile_options(target, root, cuda_include_dir())
+        key = cache_key(source, dependencies(source, root), target, options, self.spec.names,
+                        _versions())
+        binary_path, names_path = self._paths(key, kind)
+        cached = binary_path.is_file() and names_path.is_file()
+        if cached:
+            lowered = json.loads(names_path.read_text())
+        else:
+            binary, lowered = nvrtc_compile(source, options, self.spec.names, kind,
+                                            filename=f"{self.spec.op}.cu")
+            _write_atomic(binary_path, binary)
+            _write_atomic(names_path, json.dumps(lowered).encode())
+        self.last_build = {"cached": cached, "path": str(binary_path), "target": target}
+        return cupy.RawModule(path=str(binary_path)), lowered
+
+    def _paths(self, key: str, kind: str) -> tuple[Path, Path]:
+        directory = cache_dir()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".writable"
+            probe.touch()
+        except OSError:  # read-only home: a per-process directory still avoids recompiles
+            directory = Path(tempfile.gettempdir()) / f"stream_r1_fast-nvrtc-{os.getuid()}"
+            directory.mkdir(parents=True, exist_ok=True)
+        stem = directory / f"{self.spec.op}-{key}"
+        return stem.with_suffix(f".{kind}"), stem.with_suffix(".json")
+
+
+@contextlib.contextmanager
+def torch_stream(device: torch.device):
+    """CuPy launches inside go to torch's current stream of ``device`` (no copies, no sync)."""
+    import cupy
+
+    stream = torch.cuda.current_stream(device)
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        cp_stream = cupy.cuda.Stream.from_external(stream)
+    else:
+        with warnings.catch_warnings():  # deprecated by CuPy 14 for the branch above
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cp_stream = cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
+    with cupy.cuda.Device(device.index), cp_stream:
+        yield
+
+
+def as_runtime_error(check, *args) -> None:
+    """Run one of the ops' Python-side checks; a direct ``torch.ops`` call reports a failed
+    check as RuntimeError with the same message, as the compiled kernels do."""
+    try:
+        check(*args)
+    except (ValueError, TypeError) as exc:
+        raise RuntimeError(str(exc)) from exc
