@@ -1,0 +1,256 @@
+"""Streaming text-to-video generation: chunks of latent frames denoised against a bounded KV
+cache, decoded and handed out as they are made, for as long as the caller keeps iterating.
+
+>>> pipe = StreamingPipeline.from_pretrained("Wan2.1-T2V-1.3B-Diffusers", checkpoint="rf.pt")
+>>> for chunk in pipe.stream("a red fox runs through snow", num_chunks=7, seed=0):
+...     show(chunk.frames)          # uint8 [B, T, H, W, 3], 9 frames then 12 per chunk
+
+Memory is constant in the stream's length: the KV cache, the text K/V and the VAE's causal
+feature cache have fixed sizes and nothing is accumulated (the caller keeps what it wants).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from stream_r1_fast.cache import CachePolicy, SinkKVCache
+from stream_r1_fast.inference.sampler import FlowMatchSampler, randn
+from stream_r1_fast.inference.text import PromptEncoder, as_prompt_list
+from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames
+from stream_r1_fast.models.loading import load_transformer
+from stream_r1_fast.models.wan import CausalWanTransformer
+
+
+@dataclasses.dataclass
+class StreamChunk:
+    """One generated chunk of a batch of streams.
+
+    index: chunk number in the stream (0-based). latents: clean latents [B, C, Fq, h, w]
+    (float32, on the model's device). frames: uint8 [B, T, H, W, 3] on the CPU, or None
+    without decoding. first_frame: index of the chunk's first video frame in the stream.
+    prompts: the prompt of each stream for this chunk.
+    """
+
+    index: int
+    latents: torch.Tensor
+    frames: torch.Tensor | None
+    first_frame: int
+    prompts: list[str]
+
+
+class PromptSchedule:
+    """Which prompts hold from which chunk on: ``{chunk_index: prompt or [prompt per stream]}``.
+
+    A schedule must start at chunk 0. A plain str / list of str is the schedule ``{0: it}``.
+    """
+
+    def __init__(self, entries: Mapping[int, str | Sequence[str]]):
+        if not isinstance(entries, Mapping) or not entries:
+            raise TypeError(f"a prompt schedule is a non-empty dict {{chunk: prompt}}, got {type(entries).__name__}")
+        items = {}
+        for k, v in entries.items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"prompt schedule keys must be chunk indices >= 0, got {k!r}")
+            items[k] = as_prompt_list(v, f"the prompt of chunk {k}")
+        if 0 not in items:
+            raise ValueError(f"a prompt schedule must give the prompt of chunk 0, got chunks {sorted(items)}")
+        self.entries = dict(sorted(items.items()))
+
+    @classmethod
+    def of(cls, prompt) -> "PromptSchedule":
+        if isinstance(prompt, PromptSchedule):
+            return prompt
+        if isinstance(prompt, Mapping):
+            return cls(prompt)
+        return cls({0: as_prompt_list(prompt)})
+
+    def batch_size(self) -> int:
+        """Streams in the batch (1 when every entry is a single prompt)."""
+        sizes = {len(v) for v in self.entries.values()} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"prompt schedule entries give different batch sizes: {sorted(sizes)}")
+        return sizes.pop() if sizes else 1
+
+    def at(self, chunk: int) -> list[str] | None:
+        """The prompts that start at ``chunk``, or None if nothing changes there."""
+        return self.entries.get(chunk)
+
+
+class StreamingPipeline:
+    """Causal Wan transformer + sampler + KV cache (+ UMT5 text encoder, + Wan VAE).
+
+    Holds no state between streams: each :meth:`stream` call makes its own cache.
+    ``chunk_frames``: latent frames per chunk (3).
+    """
+
+    def __init__(
+        self,
+        transformer: CausalWanTransformer,
+        vae=None,
+        prompt_encoder: PromptEncoder | None = None,
+        *,
+        sampler: FlowMatchSampler = FlowMatchSampler(),
+        chunk_frames: int = 3,
+    ):
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.transformer = transformer.eval()
+        self.vae = vae.eval() if vae is not None else None
+        self.prompt_encoder = prompt_encoder
+        self.sampler = sampler
+        self.chunk_frames = chunk_frames
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        checkpoint: str | Path | None = None,
+        which: str = "auto",
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+        text_encoder_dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> "StreamingPipeline":
+        """From a diffusers Wan model folder (``transformer/``, ``vae/``, ``text_encoder/``,
+        ``tokenizer/``); ``checkpoint`` replaces the transformer's weights (a Self-Forcing /
+        Reward Forcing ``.pt``, an original-layout file or another diffusers folder). The VAE
+        runs in float32 unless dtype is float32 anyway; the text encoder in ``dtype``."""
+        from diffusers import AutoencoderKLWan
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {path} does not exist")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if not (path / "transformer" / "config.json").is_file():
+            raise FileNotFoundError(f"{path / 'transformer' / 'config.json'} does not exist (not a diffusers Wan folder?)")
+        config = dict(CausalWanTransformer.load_config(str(path / "transformer")))
+        transformer = load_transformer(checkpoint or path, config, which=which, dtype=dtype, device=device)
+        if not (path / "vae").is_dir():
+            raise FileNotFoundError(f"{path / 'vae'} does not exist")
+        vae = AutoencoderKLWan.from_pretrained(str(path / "vae"), torch_dtype=torch.float32).to(device)
+        encoder = PromptEncoder.from_pretrained(path, dtype=text_encoder_dtype or dtype, device=device)
+        return cls(transformer, vae, encoder, **kwargs)
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def vae_factors(self) -> tuple[int, int]:
+        """(temporal, spatial) compression of the VAE ((4, 8) for Wan's)."""
+        if self.vae is None:
+            return 4, 8
+        cfg = self.vae.config
+        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+
+    def chunks_for_frames(self, num_frames: int) -> int:
+        """Chunks needed for at least ``num_frames`` video frames (81 frames -> 21 latent -> 7)."""
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        t = self.vae_factors[0]
+        latent = 1 + math.ceil((num_frames - 1) / t)
+        return math.ceil(latent / self.chunk_frames)
+
+    def _latent_size(self, height: int, width: int) -> tuple[int, int]:
+        s = self.vae_factors[1]
+        _, ph, pw = self.transformer.config.patch_size
+        for name, v, m in (("height", height, s * ph), ("width", width, s * pw)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % m:
+                raise ValueError(f"{name} must be a positive multiple of {m} pixels, got {v!r}")
+        return height // s, width // s
+
+    # ------------------------------------------------------------------ generation
+
+    def _text(self, prompts: list[str], batch: int):
+        if self.prompt_encoder is None:
+            raise RuntimeError("this pipeline has no text encoder: build it with prompt_encoder=...")
+        if len(prompts) == 1 and batch > 1:
+            prompts = prompts * batch
+        return self.transformer.encode_text(self.prompt_encoder(prompts)), prompts
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: str | Sequence[str] | Mapping[int, str | Sequence[str]] | PromptSchedule,
+        *,
+        num_chunks: int | None = None,
+        height: int = 480,
+        width: int = 832,
+        seed: int | Sequence[int] | None = None,
+        policy: CachePolicy = CachePolicy(),
+        decode: bool = True,
+    ) -> Iterator[StreamChunk]:
+        """Generate chunk after chunk; each ``next()`` does one chunk's denoising steps and
+        refresh (and its VAE decode).
+
+        Args:
+            prompt: a prompt; a list of prompts (a batch of streams); or a schedule
+                ``{chunk: prompt(s)}`` switching prompts at chunk boundaries (the self-attention
+                cache is kept, the text K/V replaced).
+            num_chunks: chunks to make; None streams until the caller stops iterating.
+            height, width: video size in pixels (multiples of 16 for Wan).
+            seed: an int (one generator for the batch), one int per stream (stream b then
+                equals that stream generated alone), or None (nondeterministic).
+            policy: sink frames, window frames, EMA alpha of the KV cache; the window must hold
+                a chunk.
+            decode: decode frames with the VAE (needs one); otherwise ``frames`` is None.
+        """
+        schedule = PromptSchedule.of(prompt)
+        batch = schedule.batch_size()
+        if num_chunks is not None and (isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1):
+            raise ValueError(f"num_chunks must be a positive int or None, got {num_chunks!r}")
+        if not isinstance(policy, CachePolicy):
+            raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
+        if policy.window_frames < self.chunk_frames:
+            raise ValueError(
+                f"the cache window ({policy.window_frames} frames) must hold a chunk ({self.chunk_frames} frames)"
+            )
+        if decode and self.vae is None:
+            raise RuntimeError("decode=True needs a VAE: build the pipeline with vae=... or pass decode=False")
+        lat_h, lat_w = self._latent_size(height, width)
+        generator = self._generators(seed, batch)
+        return self._run(schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode)
+
+    def _generators(self, seed, batch: int):
+        dev = self.device
+        if seed is None:
+            return None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return torch.Generator(device=dev).manual_seed(seed)
+        if isinstance(seed, Sequence) and all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
+            if len(seed) != batch:
+                raise ValueError(f"{len(seed)} seeds for a batch of {batch} streams")
+            return [torch.Generator(device=dev).manual_seed(s) for s in seed]
+        raise TypeError(f"seed must be an int, a list of ints (one per stream) or None, got {seed!r}")
+
+    def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode) -> Iterator[StreamChunk]:
+        model = self.transformer
+        cache = SinkKVCache.for_model(model, batch, lat_h, lat_w, policy)
+        decoder = StreamingVAEDecoder(self.vae) if decode else None
+        channels = model.config.in_channels
+        text, prompts = None, None
+        first_frame, n = 0, 0
+        while num_chunks is None or n < num_chunks:
+            switch = schedule.at(n)
+            if switch is not None:
+                new_text, prompts = self._text(switch, batch)
+                text = new_text if text is None else text.copy_(new_text)
+            noise = randn((batch, channels, self.chunk_frames, lat_h, lat_w), generator, device=self.device)
+            x0 = self.sampler.sample_chunk(model, noise, text, cache, generator)
+            frames = to_uint8_frames(decoder.decode(x0)) if decoder is not None else None
+            yield StreamChunk(n, x0, frames, first_frame, list(prompts))
+            first_frame += frames.shape[1] if frames is not None else 0
+            n += 1
+
+    def generate(self, prompt, num_frames: int, **kwargs) -> torch.Tensor:
+        """A whole video: uint8 [B, num_frames, H, W, 3] (convenience over :meth:`stream`)."""
+        chunks = [c.frames for c in self.stream(prompt, num_chunks=self.chunks_for_frames(num_frames), **kwargs)]
+        return torch.cat(chunks, dim=1)[:, :num_frames]

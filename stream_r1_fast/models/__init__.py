@@ -1,0 +1,6 @@
+"""Models: the causal Wan2.1 transformer and its checkpoint loaders."""
+
+from stream_r1_fast.models.configs import PRESETS, preset
+from stream_r1_fast.models.wan import CausalWanTransformer, KVCache, TextContext
+
+__all__ = ["PRESETS", "CausalWanTransformer", "KVCache", "TextContext", "preset"]

@@ -1,0 +1,381 @@
+"""The Wan2.1 text-to-video transformer, with a chunk-causal streaming forward.
+
+Parameter names and shapes are those of diffusers' ``WanTransformer3DModel`` (so a diffusers
+``transformer/`` directory loads as it is), and so is its config. Two ways to run it:
+
+* :meth:`CausalWanTransformer.forward` — a whole latent video at once, bidirectional (the
+  teacher, the critic, parity with diffusers) or block-causal by chunks of frames
+  (``causal_chunk_frames``, the student trained with teacher forcing).
+* :meth:`CausalWanTransformer.forward_chunk` — one chunk of latent frames against a KV cache
+  (:mod:`stream_r1_fast.cache`): self-attention through the cache's fused ``sink_attention``,
+  cross-attention to text K/V computed once per prompt (:meth:`encode_text`).
+
+Tensor layouts: latents ``[B, C, F, H, W]``; inside the blocks, tokens ``[B, F, P, dim]`` with
+``P = (H / 2) * (W / 2)`` tokens per latent frame (row-major), attention heads ``[B, L, heads,
+head_dim]``. Timesteps are in [0, 1000], one per sample or one per latent frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
+
+from stream_r1_fast.ops.rope import rope_angles
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class KVCache(Protocol):
+    """What :meth:`CausalWanTransformer.forward_chunk` needs from a self-attention cache.
+
+    ``attend`` returns the chunk's attention output ``[B, Lq, heads, head_dim]`` from its
+    pre-RoPE ``q, k, v`` and the cached frames; ``update`` stores the chunk's K/V (called on
+    the context-refresh forward only); ``begin_chunk`` is called once before a chunk's first
+    forward. :class:`stream_r1_fast.cache.SinkKVCache` is the production implementation.
+    """
+
+    grid: tuple[int, int]
+
+    def begin_chunk(self) -> None: ...
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+
+@dataclasses.dataclass
+class TextContext:
+    """Cross-attention keys and values of every block for one batch of prompts.
+
+    ``keys``/``values``: [num_layers, B, text_len, heads, head_dim]. Computed once per prompt by
+    :meth:`CausalWanTransformer.encode_text`; :meth:`copy_` swaps prompts in place (the tensors
+    keep their storage, e.g. for a captured CUDA graph).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def copy_(self, other: "TextContext") -> "TextContext":
+        if other.keys.shape != self.keys.shape:
+            raise ValueError(
+                f"cannot copy a text context of shape {tuple(other.keys.shape)} into one of shape "
+                f"{tuple(self.keys.shape)} (same batch and text length needed)"
+            )
+        self.keys.copy_(other.keys)
+        self.values.copy_(other.values)
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+
+class WanAttention(nn.Module):
+    """Projections of one Wan attention layer (diffusers' parameter names); the attention
+    itself is done by the caller (self-attention goes through a cache or a mask)."""
+
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        # Wan normalises q and k across all heads at once.
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, dim] -> [B, L, heads, head_dim]."""
+        return self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1))
+
+    def key_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L, dim] -> two [B, L, heads, head_dim] (keys are RMS-normalised, not rotated)."""
+        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, -1))
+        return k, self.to_v(x).unflatten(-1, (self.heads, -1))
+
+    def out(self, o: torch.Tensor) -> torch.Tensor:
+        """[B, L, heads, head_dim] -> [B, L, dim]."""
+        return self.to_out[0](o.flatten(-2))
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention over [B, L, heads, head_dim] tensors (the layout of the rest of the model)."""
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return o.transpose(1, 2)
+
+
+class WanBlock(nn.Module):
+    """One Wan transformer block: adaLN-modulated self-attention, cross-attention to text,
+    adaLN-modulated GELU feed-forward. Modulation arithmetic is float32, as in Wan."""
+
+    def __init__(self, dim: int, ffn_dim: int, heads: int, cross_attn_norm: bool, eps: float):
+        super().__init__()
+        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.attn1 = WanAttention(dim, heads, eps)
+        self.attn2 = WanAttention(dim, heads, eps)
+        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.ffn = FeedForward(dim, inner_dim=ffn_dim, activation_fn="gelu-approximate")
+        self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def _modulation(self, e: torch.Tensor) -> list[torch.Tensor]:
+        """e [B, F, 6, dim] -> six float32 [B, F, 1, dim] (broadcast over a frame's tokens)."""
+        mod = self.scale_shift_table.float() + e.float()
+        return [m.unsqueeze(2) for m in mod.unbind(2)]
+
+    def self_attention_input(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The normalised, modulated input of self-attention, [B, F*P, dim] in x's dtype."""
+        shift, scale = self._modulation(e)[:2]
+        return (self.norm1(x.float()) * (1 + scale) + shift).type_as(x).flatten(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, e: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor, attend: Attend
+    ) -> torch.Tensor:
+        """x [B, F, P, dim]; e [B, F, 6, dim]; text_k/v [B, Lt, heads, head_dim];
+        ``attend(q, k, v)`` does the self-attention of pre-RoPE heads."""
+        shift, scale, gate, c_shift, c_scale, c_gate = self._modulation(e)
+        n = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x).flatten(1, 2)
+        k, v = self.attn1.key_value(n)
+        o = self.attn1.out(attend(self.attn1.query(n), k, v)).view_as(x)
+        x = (x.float() + o * gate).type_as(x)
+
+        n = self.norm2(x.float()).type_as(x).flatten(1, 2)
+        o = self.attn2.out(_sdpa(self.attn2.query(n), text_k, text_v)).view_as(x)
+        x = x + o
+
+        n = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
+        return (x.float() + self.ffn(n).float() * c_gate).type_as(x)
+
+
+class CausalWanTransformer(ModelMixin, ConfigMixin):
+    """Wan2.1 text-to-video DiT (any size by config), loadable from diffusers' layout.
+
+    Config keys are diffusers' ``WanTransformer3DModel`` keys; see
+    :mod:`stream_r1_fast.models.configs` for the 1.3B / 14B / tiny presets. Image conditioning
+    (Wan I2V: ``image_dim``, ``added_kv_proj_dim``) is not supported.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["WanBlock"]
+    rope_theta = 10000.0
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 12,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 8960,
+        num_layers: int = 30,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        image_dim: int | None = None,
+        added_kv_proj_dim: int | None = None,
+        rope_max_seq_len: int = 1024,
+        pos_embed_seq_len: int | None = None,
+    ) -> None:
+        super().__init__()
+        if image_dim is not None or added_kv_proj_dim is not None or pos_embed_seq_len is not None:
+            raise ValueError(
+                "CausalWanTransformer is text-to-video only: image_dim, added_kv_proj_dim and "
+                f"pos_embed_seq_len must be None (got {image_dim}, {added_kv_proj_dim}, {pos_embed_seq_len})"
+            )
+        if qk_norm != "rms_norm_across_heads":
+            raise ValueError(f"qk_norm must be 'rms_norm_across_heads' (Wan2.1), got {qk_norm!r}")
+        if len(patch_size) != 3 or patch_size[0] != 1:
+            raise ValueError(f"patch_size must be (1, ph, pw) (one latent frame per token), got {patch_size}")
+        dim = num_attention_heads * attention_head_dim
+        self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.condition_embedder = WanTimeTextImageEmbedding(
+            dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim
+        )
+        self.blocks = nn.ModuleList(
+            [WanBlock(dim, ffn_dim, num_attention_heads, cross_attn_norm, eps) for _ in range(num_layers)]
+        )
+        self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, (out_channels or in_channels) * math.prod(patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.gradient_checkpointing = False
+
+    # ----------------------------------------------------------------------------- pieces
+
+    @property
+    def dim(self) -> int:
+        return self.config.num_attention_heads * self.config.attention_head_dim
+
+    def latent_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (rows, cols) of a latent frame of the given size."""
+        _, ph, pw = self.config.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"latent height/width ({height}, {width}) must be multiples of the patch {ph}x{pw}")
+        return height // ph, width // pw
+
+    def _embed(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, H, W] -> tokens [B, F, P, dim]."""
+        if latents.dim() != 5 or latents.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"latents must be [B, {self.config.in_channels}, F, H, W], got shape {tuple(latents.shape)}"
+            )
+        x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))
+        return x.permute(0, 2, 3, 4, 1).flatten(2, 3)
+
+    def _time(self, timestep: torch.Tensor | float, batch: int, frames: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (scalar, [B] or [B, F]) -> (temb [B, F, dim], e [B, F, 6, dim])."""
+        t = torch.as_tensor(timestep, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() == 1:
+            t = t[:, None].expand(batch, frames)
+        if tuple(t.shape) != (batch, frames):
+            raise ValueError(f"timestep must be a scalar, [B] or [B, F] = [{batch}, {frames}], got {tuple(t.shape)}")
+        ce = self.condition_embedder
+        t_freq = ce.timesteps_proj(t.reshape(-1))
+        t_freq = t_freq.to(ce.time_embedder.linear_1.weight.dtype)
+        temb = ce.time_embedder(t_freq).to(self.patch_embedding.weight.dtype)
+        e = ce.time_proj(ce.act_fn(temb))
+        return temb.view(batch, frames, -1), e.view(batch, frames, 6, -1)
+
+    def _head(self, x: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Tokens [B, F, P, dim] -> velocity [B, C_out, F, H, W]."""
+        shift, scale = (self.scale_shift_table.float() + temb.float().unsqueeze(2)).unsqueeze(3).unbind(2)
+        x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        x = self.proj_out(x)
+        b, f = x.shape[:2]
+        pt, ph, pw = self.config.patch_size
+        x = x.reshape(b, f, grid[0], grid[1], pt, ph, pw, -1)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _run_block(self, block: WanBlock, x, e, text_k, text_v, attend) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(block, x, e, text_k, text_v, attend)
+        return block(x, e, text_k, text_v, attend)
+
+    def encode_text(self, encoder_hidden_states: torch.Tensor) -> TextContext:
+        """Text embeddings [B, Lt, text_dim] (UMT5 output) -> every block's cross-attention K/V."""
+        if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[-1] != self.config.text_dim:
+            raise ValueError(
+                f"encoder_hidden_states must be [B, text_len, {self.config.text_dim}], "
+                f"got shape {tuple(encoder_hidden_states.shape)}"
+            )
+        dtype = self.patch_embedding.weight.dtype
+        ctx = self.condition_embedder.text_embedder(encoder_hidden_states.to(dtype))
+        kv = [block.attn2.key_value(ctx) for block in self.blocks]
+        return TextContext(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
+
+    def _text(self, text: torch.Tensor | TextContext, batch: int) -> TextContext:
+        ctx = text if isinstance(text, TextContext) else self.encode_text(text)
+        if ctx.batch_size != batch:
+            raise ValueError(f"text batch ({ctx.batch_size}) does not match the latents' batch ({batch})")
+        return ctx
+
+    # ----------------------------------------------------------------------------- forwards
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor | TextContext,
+        causal_chunk_frames: int | None = None,
+        return_dict: bool = True,
+    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        """Velocity prediction for a whole latent video.
+
+        Args:
+            hidden_states: latents [B, C, F, H, W].
+            timestep: scalar, [B] or [B, F] (per latent frame), in [0, 1000].
+            encoder_hidden_states: text embeddings [B, Lt, text_dim] or a :class:`TextContext`.
+            causal_chunk_frames: None for bidirectional attention; n for block-causal attention
+                over chunks of n frames (a frame sees its own chunk and all earlier chunks), as the
+                streaming forward sees them with an unbounded cache.
+        Returns:
+            ``v = eps - x0`` [B, C_out, F, H, W] (``.sample`` of the output, or a 1-tuple).
+        """
+        b, _, f, h, w = hidden_states.shape
+        grid = self.latent_grid(h, w)
+        x = self._embed(hidden_states)
+        temb, e = self._time(timestep, b, f, x.device)
+        text = self._text(encoder_hidden_states, b)
+
+        p = grid[0] * grid[1]
+        ang = rope_angles(torch.arange(f, device=x.device), grid[0], grid[1], self.config.attention_head_dim, self.rope_theta)
+        cos, sin = ang.cos().float()[None, :, None], ang.sin().float()[None, :, None]
+        mask = None
+        if causal_chunk_frames is not None:
+            if causal_chunk_frames < 1:
+                raise ValueError(f"causal_chunk_frames must be >= 1, got {causal_chunk_frames}")
+            chunk = torch.arange(f, device=x.device).repeat_interleave(p) // causal_chunk_frames
+            mask = chunk[:, None] >= chunk[None, :]
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            t2 = t.float().unflatten(-1, (-1, 2))
+            a, c = t2[..., 0], t2[..., 1]
+            return torch.stack([a * cos - c * sin, a * sin + c * cos], -1).flatten(-2).type_as(t)
+
+        def attend(q, k, v):
+            return _sdpa(rotate(q), rotate(k), v, mask)
+
+        for i, block in enumerate(self.blocks):
+            x = self._run_block(block, x, e, text.keys[i], text.values[i], attend)
+        out = self._head(x, temb, grid)
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    def forward_chunk(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | float,
+        text: TextContext,
+        cache: KVCache,
+        update_cache: bool = False,
+    ) -> torch.Tensor | None:
+        """One streaming forward of a chunk of latent frames against the KV cache.
+
+        Args:
+            latents: [B, C, Fq, H, W], the chunk (noisy, or clean for the context refresh).
+            timestep: scalar, [B] or [B, Fq].
+            text: cross-attention K/V from :meth:`encode_text`.
+            cache: the self-attention cache; the chunk attends to its frames and to itself.
+            update_cache: the context-refresh forward: every block writes the chunk's K/V to the
+                cache after attending, and nothing after the last block's K/V is computed.
+        Returns:
+            velocity [B, C_out, Fq, H, W], or None when ``update_cache``.
+        """
+        b, _, f, h, w = latents.shape
+        grid = self.latent_grid(h, w)
+        if tuple(cache.grid) != grid:
+            raise ValueError(f"the cache was made for a {tuple(cache.grid)} token grid, the latents give {grid}")
+        if text.batch_size != b:
+            raise ValueError(f"text batch ({text.batch_size}) does not match the latents' batch ({b})")
+        x = self._embed(latents)
+        temb, e = self._time(timestep, b, f, x.device)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if update_cache and i == last:
+                k, v = block.attn1.key_value(block.self_attention_input(x, e))
+                cache.update(i, k, v)
+                return None
+
+            def attend(q, k, v, layer=i):
+                out = cache.attend(layer, q, k, v)
+                if update_cache:
+                    cache.update(layer, k, v)
+                return out
+
+            x = self._run_block(block, x, e, text.keys[i], text.values[i], attend)
+        return self._head(x, temb, grid)
