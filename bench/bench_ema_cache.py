@@ -17,14 +17,13 @@ read+write, K and V) for every variant, so the figures compare directly.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timing, default_device, print_table, time_fn, write_json  # noqa: E402
+from common import Timing, script_main, time_fn  # noqa: E402
 
 from stream_r1_fast.ops.ema_cache import ema_cache_update, new_sink_cache  # noqa: E402
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref  # noqa: E402
@@ -134,15 +133,5 @@ def run(device: torch.device) -> list[Timing]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    args = parser.parse_args()
-    device = torch.device(args.device) if args.device else default_device()
-    rows = run(device)
-    print_table(rows, baseline="rf_shift")
-    print(f"wrote {write_json('ema_cache', rows, device)}")
-
-
 if __name__ == "__main__":
-    main()
+    script_main("ema_cache", run, "rf_shift", __doc__.split("\n")[0])

@@ -11,14 +11,13 @@ against the reference on the same data.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timing, default_device, device_name, print_table, time_fn, write_json  # noqa: E402
+from common import Timing, script_main, time_fn  # noqa: E402
 
 from stream_r1_fast.ops.saliency import axis_weights_from_rewards, saliency_weights  # noqa: E402
 from stream_r1_fast.ops.saliency_ref import saliency_weights_ref  # noqa: E402
@@ -59,16 +58,5 @@ def run(device: torch.device) -> list[Timing]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    device = torch.device(parser.parse_args().device or default_device())
-    print(f"{OP} on {device_name(device)}")
-    rows = run(device)
-    # The copy rows share no shape key with the kernel rows; their GB/s is the ceiling.
-    print_table(rows, baseline="reference")
-    print(f"wrote {write_json('saliency', rows, device)}")
-
-
 if __name__ == "__main__":
-    main()
+    script_main("saliency", run, "reference", __doc__.split("\n")[0])

@@ -18,7 +18,6 @@ Variants:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-from common import Timing, default_device, print_table, time_fn, write_json  # noqa: E402
+from common import Timing, script_main, time_fn  # noqa: E402
 
 from stream_r1_fast.ops.sink_attention import sink_attention  # noqa: E402
 from stream_r1_fast.ops.sink_attention_ref import (  # noqa: E402
@@ -117,15 +116,5 @@ def run(device: torch.device) -> list[Timing]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    args = parser.parse_args()
-    device = torch.device(args.device) if args.device else default_device()
-    rows = run(device)
-    print_table(rows, baseline="rf_style")
-    print(f"wrote {write_json('sink_attention', rows, device)}")
-
-
 if __name__ == "__main__":
-    main()
+    script_main("sink_attention", run, "rf_style", __doc__.split("\n")[0])

@@ -135,3 +135,17 @@ def write_json(name: str, rows: list[Timing], device: torch.device) -> Path:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def script_main(name: str, run: Callable[[torch.device], list[Timing]], baseline: str, description: str) -> None:
+    """The command line of a single-op benchmark script: ``[--device cpu|cuda]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device) if args.device else default_device()
+    print(f"device: {device_name(device)}")
+    rows = run(device)
+    print_table(rows, baseline=baseline)
+    print(f"wrote {write_json(name, rows, device)}")
