@@ -1,0 +1,269 @@
+"""End-to-end streaming benchmark: the Wan2.1-T2V-1.3B architecture with random weights (the
+compute does not depend on the values) and the Wan VAE, chunk by chunk, ours against a
+faithful reproduction of Reward Forcing's inference path, in the same run.
+
+What is timed, per chunk: 4 denoising forwards, the context-refresh forward, the streaming
+VAE decode of the chunk and the copy of its uint8 frames to the host. Text encoding is NOT
+timed (it happens once per prompt; the UMT5 encoder is not loaded: random text embeddings of
+the right shape stand in). Reported:
+- time to first frame: from the start of chunk 0 to its first decoded frame on the host;
+- sustained FPS: video frames of the measured chunks (after warm-up) / their wall time;
+- breakdown: denoising, refresh, VAE decode (+ host copy), medians per chunk;
+- peak memory (CUDA) of the whole run.
+
+    python bench/e2e_streaming.py                         # 1.3B, 480x832, on CUDA
+    python bench/e2e_streaming.py --config tiny --height 32 --width 48 --device cpu
+
+JSON goes to bench/results/e2e_streaming_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, device_name, environment  # noqa: E402
+
+from stream_r1_fast.cache import CachePolicy, SinkKVCache  # noqa: E402
+from stream_r1_fast.inference.sampler import FlowMatchSampler, randn  # noqa: E402
+from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames  # noqa: E402
+from stream_r1_fast.models import CausalWanTransformer  # noqa: E402
+from stream_r1_fast.models.configs import preset  # noqa: E402
+from stream_r1_fast.ops.rope import apply_rope, rope_angles  # noqa: E402
+
+
+class RewardForcingStyleCache:
+    """Reward Forcing's inference cache as its code runs it, for the baseline: per layer a
+    pre-allocated buffer of ``capacity`` frames (the current chunk included) whose indices live
+    in tensors read back with ``.item()`` at every call (host syncs), eviction by shifting the
+    window with ``clone()``, the EMA fold into the sink, and RoPE recomputed in float64 on every
+    cached key at every call, then ``torch.cat`` of sink and window and SDPA."""
+
+    def __init__(self, num_layers, batch, grid, heads, head_dim, policy: CachePolicy, chunk_frames, *, dtype, device):
+        self.grid = grid
+        self.p = grid[0] * grid[1]
+        self.sink = policy.sink_frames * self.p
+        self.alpha = policy.alpha
+        cap = (policy.slots + chunk_frames) * self.p
+        self.k = [torch.zeros(batch, cap, heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros_like(t) for t in self.k]
+        self.local_end = [torch.zeros((), dtype=torch.long, device=device) for _ in range(num_layers)]
+        self.fresh = [False] * num_layers
+
+    def begin_chunk(self):
+        self.fresh = [True] * len(self.fresh)
+
+    def _write(self, layer, k, v):
+        n = k.shape[1]
+        end = int(self.local_end[layer].item())  # host sync, as in the reference code
+        cap = self.k[layer].shape[1]
+        if self.fresh[layer]:
+            self.fresh[layer] = False
+            if end + n > cap:
+                evicted = end + n - cap
+                rolled = end - evicted - self.sink
+                for buf in (self.k[layer], self.v[layer]):
+                    if evicted == self.sink:
+                        seg = buf[:, self.sink : self.sink + evicted]
+                        buf[:, : self.sink] = self.alpha * buf[:, : self.sink] + (1 - self.alpha) * seg
+                    buf[:, self.sink : self.sink + rolled] = buf[:, self.sink + evicted : self.sink + evicted + rolled].clone()
+                end -= evicted
+            end += n
+            self.local_end[layer].fill_(end)
+        self.k[layer][:, end - n : end] = k
+        self.v[layer][:, end - n : end] = v
+        return end
+
+    def attend(self, layer, q, k, v):
+        end = self._write(layer, k, v)
+        keys = torch.cat([self.k[layer][:, : self.sink], self.k[layer][:, self.sink : end]], dim=1)
+        values = torch.cat([self.v[layer][:, : self.sink], self.v[layer][:, self.sink : end]], dim=1)
+        d = q.shape[-1]
+        frames = end // self.p
+        ang = rope_angles(torch.arange(frames, device=q.device), *self.grid, d, 10000.0)
+        keys = apply_rope(keys, ang, torch.float64)
+        qr = apply_rope(q, ang[-q.shape[1] :], torch.float64)
+        o = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
+        return o.transpose(1, 2)
+
+    def update(self, layer, k, v):
+        # The refresh: write the clean K/V over the chunk's frames (the model skips the last
+        # block's attention on the refresh, so this write is not redundant there).
+        self._write(layer, k, v)
+
+
+class Clock:
+    """Marks on the device's timeline (CUDA events: no host sync while running)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+
+
+def run_mode(mode, model, vae, text, args, device, dtype):
+    policy = CachePolicy.ema_sink(args.sink, args.window, args.alpha)
+    lat_h, lat_w = args.height // 8, args.width // 8
+    grid = model.latent_grid(lat_h, lat_w)
+    cfg = model.config
+    if mode == "ours":
+        cache = SinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, dtype=dtype, device=device)
+    else:
+        cache = RewardForcingStyleCache(cfg.num_layers, args.batch, grid, cfg.num_attention_heads,
+                                        cfg.attention_head_dim, policy, args.chunk_frames, dtype=dtype, device=device)
+    decoder = StreamingVAEDecoder(vae) if vae is not None else None
+    sampler = FlowMatchSampler()
+    gen = torch.Generator(device=device).manual_seed(0)
+    clock = Clock(device)
+    marks, frames_per_chunk, outputs = [], [], []
+    total = args.warmup + args.chunks
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    t_start = time.perf_counter()
+    ttff = None
+    with torch.no_grad():
+        for n in range(total):
+            noise = randn((args.batch, cfg.in_channels, args.chunk_frames, lat_h, lat_w), gen, device=device)
+            m0 = clock.mark()
+            cache.begin_chunk()
+            x_t = noise
+            last = len(sampler.timesteps) - 1
+            for i, t in enumerate(sampler.timesteps):
+                v = model.forward_chunk(x_t.to(dtype), t, text, cache).float()
+                x0 = sampler.predict_x0(x_t, v, t)
+                if i < last:
+                    x_t = sampler.add_noise(x0, randn(x0.shape, gen, device=device), sampler.timesteps[i + 1])
+            m1 = clock.mark()
+            model.forward_chunk(x0.to(dtype), 0.0, text, cache, update_cache=True)
+            m2 = clock.mark()
+            if decoder is not None:
+                frames = to_uint8_frames(decoder.decode(x0))  # includes the copy to the host
+            else:
+                frames = x0.cpu()
+            m3 = clock.mark()
+            if n == 0:
+                ttff = time.perf_counter() - t_start  # the host has chunk 0's frames now
+            if n == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_measure = time.perf_counter()
+            marks.append((m0, m1, m2, m3))
+            frames_per_chunk.append(frames.shape[1])
+            if args.keep_output:
+                outputs.append(x0.float().cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t_measure
+    measured = marks[args.warmup :]
+    n_frames = sum(frames_per_chunk[args.warmup :])
+    result = {
+        "mode": mode,
+        "sustained_fps": n_frames / wall,
+        "time_to_first_frame_s": ttff,
+        "chunk_ms_median": statistics.median(clock.ms(a, d) for a, _, _, d in measured),
+        "denoise_ms_median": statistics.median(clock.ms(a, b) for a, b, _, _ in measured),
+        "refresh_ms_median": statistics.median(clock.ms(b, c) for _, b, c, _ in measured),
+        "vae_and_copy_ms_median": statistics.median(clock.ms(c, d) for _, _, c, d in measured),
+        "frames_measured": n_frames,
+        "chunks_measured": len(measured),
+    }
+    if device.type == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return result, outputs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="wan2.1-1.3b", help="model preset (wan2.1-1.3b, tiny)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--chunk-frames", type=int, default=3)
+    p.add_argument("--sink", type=int, default=3)
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=0.999)
+    p.add_argument("--chunks", type=int, default=20, help="measured chunks after warm-up")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--modes", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"])
+    p.add_argument("--no-vae", action="store_true", help="skip the VAE (transformer only)")
+    p.add_argument("--keep-output", action="store_true", help="compare the latents of every chunk across the modes")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
+    args = p.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype)
+
+    torch.manual_seed(0)
+    cfg = preset(args.config)
+    with torch.device(device):
+        model = CausalWanTransformer(**cfg).to(dtype).eval()
+    vae = None
+    if not args.no_vae:
+        from diffusers import AutoencoderKLWan
+
+        z = cfg["in_channels"]
+        vae_kwargs = {} if args.config != "tiny" else dict(
+            base_dim=16, z_dim=z, dim_mult=[1, 2, 2, 2], num_res_blocks=1, latents_mean=[0.0] * z, latents_std=[1.0] * z
+        )
+        with torch.device(device):
+            vae = AutoencoderKLWan(**vae_kwargs).to(dtype).eval()
+        if vae.config.z_dim != cfg["in_channels"]:
+            raise SystemExit(f"VAE z_dim {vae.config.z_dim} != model in_channels {cfg['in_channels']}")
+    text = model.encode_text(torch.randn(args.batch, 512, cfg["text_dim"], device=device, dtype=dtype))
+
+    print(f"device: {device_name(device)}")
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in environment().items()))
+    print(f"model {args.config} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params), {args.dtype}, "
+          f"{args.height}x{args.width}, batch {args.batch}, chunks of {args.chunk_frames} latent frames, "
+          f"sink {args.sink} + window {args.window} (EMA {args.alpha}), {args.warmup} warm-up + {args.chunks} measured chunks; "
+          f"VAE {'on' if vae is not None else 'off'}; text encoding excluded")
+    results, outs = [], {}
+    for mode in args.modes:
+        r, o = run_mode(mode, model, vae, text, args, device, dtype)
+        results.append(r)
+        outs[mode] = o
+        print(f"{mode:>9}: {r['sustained_fps']:.2f} FPS sustained, first frame {r['time_to_first_frame_s']:.3f} s, "
+              f"chunk {r['chunk_ms_median']:.1f} ms = denoise {r['denoise_ms_median']:.1f} + refresh "
+              f"{r['refresh_ms_median']:.1f} + VAE/copy {r['vae_and_copy_ms_median']:.1f}"
+              + (f", peak {r['peak_memory_gb']:.2f} GiB" if "peak_memory_gb" in r else ""))
+    by = {r["mode"]: r for r in results}
+    summary = {}
+    if "ours" in by and "baseline" in by:
+        summary["speedup"] = by["ours"]["sustained_fps"] / by["baseline"]["sustained_fps"]
+        print(f"speed-up over the Reward-Forcing-style path: {summary['speedup']:.2f}x")
+        if args.keep_output:
+            diff = max((a - b).abs().max().item() for a, b in zip(outs["ours"], outs["baseline"]))
+            summary["max_abs_diff_latents"] = diff
+            print(f"max |ours - baseline| over all chunks' latents: {diff:.3e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"e2e_streaming_{device.type}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"device": device_name(device), "environment": environment(),
+                               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                               "results": results, "summary": summary}, indent=2))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
