@@ -1,10 +1,15 @@
-"""``stream-r1``: command-line streaming generation.
+"""``stream-r1``: command-line streaming generation and training.
 
     stream-r1 generate --model Wan2.1-T2V-1.3B-Diffusers --checkpoint rf.pt \\
         --prompt "a red fox runs through snow" --seconds 10 --seed 0 --output fox.mp4
 
 writes ``fox.mp4`` and a contact sheet ``fox.png``, and ends with one line giving the time to
 first frame and the sustained frame rate, saying what each includes.
+
+    stream-r1 train --config configs/wan2.1_1.3b_stream_r1.yaml     # or under torchrun
+
+trains with the YAML config (DMD, Re-DMD or Stream-R1), resuming from the last complete
+checkpoint of its output folder.
 """
 
 from __future__ import annotations
@@ -145,6 +150,43 @@ def _generate(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    import os
+
+    import torch.distributed as dist
+
+    from stream_r1_fast.training.config import TrainConfig
+    from stream_r1_fast.training.trainer import build_trainer
+
+    config = TrainConfig.from_yaml(args.config)
+    overrides = {"steps": args.steps, "output_dir": args.output_dir, "device": args.device}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config.train, key, value)
+    started = False
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            config.train.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        dist.init_process_group(backend)
+        started = True
+    try:
+        trainer = build_trainer(config)
+        resumed = trainer.resume() if not args.no_resume else None
+        if resumed is not None and trainer.rank == 0:
+            print(f"resumed from {resumed} (step {trainer.step})")
+        trainer.fit()
+        if trainer.rank == 0:
+            print(f"done: {trainer.step} steps; checkpoints and metrics in {trainer.output_dir}")
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-r1", description="Streaming autoregressive video generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate)
+
+    t = sub.add_parser("train", help="DMD / Re-DMD / Stream-R1 distillation (under torchrun for several GPUs)")
+    t.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    t.add_argument("--steps", type=int, help="override train.steps")
+    t.add_argument("--output-dir", help="override train.output_dir")
+    t.add_argument("--device", help="override train.device")
+    t.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    t.set_defaults(func=_train)
     return parser
 
 

@@ -1,0 +1,120 @@
+"""Distribution Matching Distillation: the generator's DMD loss and the critic's loss.
+
+Pure functions; the score networks come in as callables ``score(x_t, t) -> v`` that predict
+the flow-matching velocity ``v = eps - x0`` of latents ``x_t`` [B, C, F, H, W] at timesteps
+``t`` [B] in [0, 1000] (the conditioning is bound by the caller). Noise level ``s = t / 1000``:
+``x_t = (1 - s) x0 + s eps``, ``x0_hat = x_t - s v`` (DESIGN.md sections 2 and 3).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, ...] broadcasting against x."""
+    return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(1 - s) x0 + s eps`` with ``s = t / 1000`` per sample (t [B])."""
+    s = _bcast(t, x0) / 1000.0
+    return (1.0 - s) * x0 + s * eps
+
+
+def predict_x0(score: Score, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x0_hat = x_t - s * score(x_t, t)`` in float32."""
+    v = score(x_t, t).float()
+    return x_t.float() - _bcast(t, v) / 1000.0 * v
+
+
+def sample_timesteps(
+    batch: int,
+    *,
+    shift: float = 5.0,
+    min_t: float = 20.0,
+    max_t: float = 980.0,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """t ~ U[0, 1000) per sample, warped with ``t' = shift t / (1 + (shift - 1) t)`` on t/1000,
+    clamped to [min_t, max_t]; float32 [B]."""
+    u = torch.rand(batch, device=device, generator=generator, dtype=torch.float64)
+    warped = shift * u / (1.0 + (shift - 1.0) * u)
+    return (1000.0 * warped).clamp(min_t, max_t).float()
+
+
+def dmd_gradient(
+    x: torch.Tensor,
+    real_cond: Score,
+    real_uncond: Score,
+    fake: Score,
+    *,
+    guidance_scale: float = 3.0,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
+    shift: float = 5.0,
+    min_t: float = 20.0,
+    max_t: float = 980.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DMD gradient ``g`` of generator samples ``x`` [B, C, F, H, W] (no grad).
+
+    ``x_t = noise(x, eps, t)``; ``x0_real = f(x_t, c) + guidance * (f(x_t, c) - f(x_t, neg))``;
+    ``x0_fake = f_fake(x_t, c)``; ``g = (x0_fake - x0_real) / mean_{c,f,h,w} |x - x0_real|``
+    per sample, non-finite entries set to 0. ``t`` [B] and ``eps`` are drawn when not given.
+    Returns ``(g float32, stats)`` with ``stats`` holding ``t`` and the per-sample normaliser.
+    """
+    with torch.no_grad():
+        x = x.detach().float()
+        b = x.shape[0]
+        if t is None:
+            t = sample_timesteps(b, shift=shift, min_t=min_t, max_t=max_t, device=x.device, generator=generator)
+        if eps is None:
+            eps = torch.randn(x.shape, device=x.device, generator=generator)
+        x_t = add_noise(x, eps, t)
+        cond = predict_x0(real_cond, x_t, t)
+        uncond = predict_x0(real_uncond, x_t, t)
+        x0_real = cond + guidance_scale * (cond - uncond)
+        x0_fake = predict_x0(fake, x_t, t)
+        norm = (x - x0_real).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        g = torch.nan_to_num((x0_fake - x0_real) / norm, nan=0.0, posinf=0.0, neginf=0.0)
+    return g, {"t": t, "normalizer": norm.flatten()}
+
+
+def dmd_loss(x: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(0.5 * W * (x - sg(x - g))^2)`` in float64; its gradient w.r.t. x is ``W * g / N``
+    (N = x.numel()). ``weights`` broadcasts against x (None = 1)."""
+    x64 = x.double()
+    target = (x64 - g.double()).detach()
+    sq = (x64 - target) ** 2
+    if weights is not None:
+        sq = weights.detach().double() * sq
+    return 0.5 * sq.mean()
+
+
+def critic_loss(
+    fake: Score,
+    x: torch.Tensor,
+    *,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
+    shift: float = 5.0,
+    min_t: float = 20.0,
+    max_t: float = 980.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Flow-matching denoising loss of the critic on detached generator samples x:
+    ``mean((f_fake(x_t, t) - (eps - x))^2)`` (float32). Returns ``(loss, {"t": t})``."""
+    x = x.detach().float()
+    b = x.shape[0]
+    if t is None:
+        t = sample_timesteps(b, shift=shift, min_t=min_t, max_t=max_t, device=x.device, generator=generator)
+    if eps is None:
+        eps = torch.randn(x.shape, device=x.device, generator=generator)
+    v = fake(add_noise(x, eps, t), t).float()
+    return ((v - (eps - x)) ** 2).mean(), {"t": t}

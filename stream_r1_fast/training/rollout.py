@@ -1,0 +1,89 @@
+"""Self-Forcing backward simulation: the generator makes a whole video from noise, chunk by
+chunk, with its own EMA-Sink KV cache and the inference sampler's schedule (the same
+:class:`~stream_r1_fast.cache.SinkKVCache` and ``forward_chunk`` code paths as
+:class:`~stream_r1_fast.inference.StreamingPipeline`).
+
+Each chunk is denoised up to the exit step k (drawn once per iteration, shared by all chunks
+and, under ``torch.distributed``, by all ranks): the steps before k run without grad; the
+forward at step k carries the gradient and its ``x0_hat`` is the chunk's output; the context
+refresh writes the *detached* output into the cache without grad. No gradient flows between
+chunks through the cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+import torch.distributed as dist
+
+from stream_r1_fast.cache import CachePolicy, SinkKVCache
+from stream_r1_fast.inference.sampler import FlowMatchSampler, Generators, randn
+
+
+def draw_exit_step(num_steps: int, rng: random.Random, device=None) -> int:
+    """k ~ U{0 .. num_steps - 1} from ``rng``; under torch.distributed rank 0's draw is broadcast."""
+    k = rng.randrange(num_steps)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        backend = dist.get_backend()
+        dev = device if backend == "nccl" else "cpu"
+        t = torch.tensor([k], dtype=torch.int64, device=dev)
+        dist.broadcast(t, src=0)
+        k = int(t.item())
+    return k
+
+
+def _snapshot(cache: SinkKVCache) -> SinkKVCache:
+    """A copy of the cache with its own tensors: the gradient-carrying forward saves the cache
+    tensors for backward, and the refresh then updates the live cache in place."""
+    snap = copy.copy(cache)
+    snap.keys, snap.values = cache.keys.clone(), cache.values.clone()
+    snap.positions, snap.state = cache.positions.clone(), cache.state.clone()
+    return snap
+
+
+def self_forcing_rollout(
+    model,
+    text,
+    *,
+    num_chunks: int,
+    chunk_frames: int,
+    latent_size: tuple[int, int],
+    exit_step: int,
+    sampler: FlowMatchSampler = FlowMatchSampler(),
+    policy: CachePolicy = CachePolicy(),
+    generator: Generators = None,
+    cache_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Roll out ``num_chunks`` chunks for the prompts of ``text`` (a TextContext).
+
+    ``generator``: one torch.Generator, or one per sample (sample b's noise then depends on
+    generator b only, so a batch split across ranks rolls out the same samples).
+    Returns latents [B, C, num_chunks * chunk_frames, h, w] (float32) whose graph reaches the
+    generator's parameters through the step-``exit_step`` forward of every chunk.
+    """
+    steps = sampler.timesteps
+    if not 0 <= exit_step < len(steps):
+        raise ValueError(f"exit_step must be in [0, {len(steps) - 1}], got {exit_step}")
+    b = text.batch_size
+    h, w = latent_size
+    param = next(model.parameters())
+    cache = SinkKVCache.for_model(model, b, h, w, policy, dtype=cache_dtype or param.dtype, device=param.device)
+    channels = model.config.in_channels
+    out = []
+    for _ in range(num_chunks):
+        cache.begin_chunk()
+        x_t = randn((b, channels, chunk_frames, h, w), generator, device=param.device)
+        with torch.no_grad():
+            for i in range(exit_step):
+                x0 = sampler.predict_x0(x_t, model.forward_chunk(x_t, steps[i], text, cache).float(), steps[i])
+                eps = randn(x0.shape, generator, device=x0.device)
+                x_t = sampler.add_noise(x0, eps, steps[i + 1])
+        t = steps[exit_step]
+        live = _snapshot(cache) if torch.is_grad_enabled() else cache
+        x0 = sampler.predict_x0(x_t, model.forward_chunk(x_t, t, text, live).float(), t)
+        with torch.no_grad():
+            model.forward_chunk(x0.detach(), 0.0, text, cache, update_cache=True)
+        out.append(x0)
+    return torch.cat(out, dim=2)
