@@ -3,7 +3,8 @@
 Per op: the first call with a cold disk cache (NVRTC compiles every instantiation of the op,
 then loads and launches) and with a warm one (load and launch), in milliseconds of wall time
 after CuPy is imported; then the steady-state time of both paths at the streaming shapes of
-bench_ema_cache.py (one layer) and bench_saliency.py (vae mode). Variants:
+bench_ema_cache.py (one layer), bench_saliency.py (vae mode) and bench_sink_attention.py (the
+first: one layer's attention of a 3-frame chunk against 6 cached frames, bf16). Variants:
   compiled  torch.ops on the extension's nvcc-built kernels (absent from a CPU-only build);
   nvrtc     the same kernel sources through NVRTC, launched from Python.
 Without a GPU and CuPy it says so and exits 0.
@@ -24,6 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ema_cache import ALPHA, CUDA_SHAPES, full_caches  # noqa: E402
 from bench_saliency import SHAPES  # noqa: E402
+from bench_sink_attention import CUDA_SHAPES as ATTN_SHAPES  # noqa: E402
+from bench_sink_attention import make_inputs as attention_inputs  # noqa: E402
 from common import Timing, default_device, print_table, time_fn, write_json  # noqa: E402
 
 import stream_r1_fast  # noqa: E402
@@ -45,6 +48,7 @@ def _cases(device: torch.device):
     """(op, shape label, NVRTC module, nvrtc call, compiled call or None)."""
     from stream_r1_fast.nvrtc import ema_cache as nv_ema
     from stream_r1_fast.nvrtc import saliency as nv_sal
+    from stream_r1_fast.nvrtc import sink_attention as nv_attn
 
     info = stream_r1_fast.backend_info()
 
@@ -66,6 +70,13 @@ def _cases(device: torch.device):
     yield ("saliency_weights", f"{a}x{b}x{t}x{c}x{h}x{w} bf16 vae", nv_sal.MODULE,
            lambda: nv_sal.saliency_weights_cuda(grads, aw, *ARGS),
            compiled("saliency_weights", lambda: torch.ops.stream_r1_fast.saliency_weights(grads, aw, *ARGS)))
+
+    cfg = ATTN_SHAPES[0]
+    attn_args = (*attention_inputs(cfg, device), cfg["gh"], cfg["gw"], cfg["d"] ** -0.5, 10000.0)
+    yield ("sink_attention",
+           f"B{cfg['b']} Fq{cfg['fq']} {cfg['gh']}x{cfg['gw']} S{cfg['s']} H{cfg['h']} D{cfg['d']} bf16",
+           nv_attn.MODULE, lambda: nv_attn.sink_attention_cuda(*attn_args),
+           compiled("sink_attention", lambda: torch.ops.stream_r1_fast.sink_attention(*attn_args)))
 
 
 def run(device: torch.device) -> list[Timing]:

@@ -74,11 +74,21 @@ def _cuda_path(choice: str) -> tuple[str, tuple[str, ...], str]:
     if not wanted:
         return fallback, (), "compiled CUDA kernels present"
     unavailable = nvrtc.unavailable_reason()
+    lacking = {} if unavailable else {
+        op: why for op in wanted if (why := nvrtc.op_unavailable_reason(op)) is not None
+    }
+    if lacking:
+        lacking_why = "; ".join(f"{op}: {why}" for op, why in lacking.items())
+        wanted = tuple(op for op in wanted if op not in lacking)
+        if choice == "nvrtc" or not wanted:
+            unavailable = lacking_why
     if unavailable is not None:
         if choice == "nvrtc":
             raise ImportError(f"{BACKEND_ENV}=nvrtc but NVRTC kernels cannot run here: {unavailable}")
         return fallback, (), unavailable
     why = f"forced by {BACKEND_ENV}=nvrtc" if choice == "nvrtc" else "no compiled CUDA kernels"
+    if lacking:
+        why += f"; no NVRTC kernels for {lacking_why}"
     return "nvrtc", wanted, why
 
 

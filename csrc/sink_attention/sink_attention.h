@@ -1,10 +1,9 @@
 // The bridge between the torch glue (sink_attention_{cpu,cuda}.cpp) and the kernels: a plain
 // params struct of raw pointers and sizes, and the CUDA launcher. No torch here, so the .cu
-// file compiles against the CUDA headers alone.
+// file compiles against the CUDA headers alone, and NVRTC compiles it too.
 #pragma once
-#include <cstdint>
-
 #include "common/dtype_code.h"
+#include "common/int_types.h"
 
 namespace srf {
 
@@ -36,9 +35,11 @@ struct SinkAttentionParams {
   double rope_theta;
   DType dtype;
 
+#if !defined(__CUDACC_RTC__)  // host helpers; NVRTC compiles device code only
   int tokens_per_frame() const { return grid_h * grid_w; }
   int q_frames() const { return q_len / tokens_per_frame(); }
   int key_len() const { return slots * tokens_per_frame() + q_len; }  // cache tokens, then chunk
+#endif
 };
 
 // Wan 3-D RoPE factorises per axis: a token's rotation for pair j depends on its frame (t
@@ -50,6 +51,7 @@ struct RopeTableLayout {
   int frames;       // S + Fq
   int64_t h_offset, w_offset, entries;
 
+#if !defined(__CUDACC_RTC__)
   static RopeTableLayout of(const SinkAttentionParams& p) {
     RopeTableLayout l;
     const int d6 = p.head_dim / 6;
@@ -62,11 +64,12 @@ struct RopeTableLayout {
     l.entries = l.w_offset + static_cast<int64_t>(p.grid_w) * l.w_pairs;
     return l;
   }
+#endif
 };
 
 }  // namespace srf
 
-#if defined(SRF_WITH_CUDA)
+#if defined(SRF_WITH_CUDA) && !defined(__CUDACC_RTC__)
 #include <cuda_runtime_api.h>
 
 namespace srf {

@@ -18,7 +18,10 @@ import importlib.util
 import torch
 
 # Ops with an NVRTC launcher (stream_r1_fast/nvrtc/<op>.py).
-KERNEL_OPS = ("ema_cache_update", "saliency_weights")
+KERNEL_OPS = ("ema_cache_update", "saliency_weights", "sink_attention")
+# CUDA headers an op's kernels include beyond the runtime's cuda_fp16.h / cuda_bf16.h (which
+# torch's pip dependencies ship): sink_attention's <mma.h> needs crt/mma.h.
+CUDA_HEADERS = {"sink_attention": ("crt/mma.h",)}
 
 
 def unavailable_reason() -> str | None:
@@ -34,13 +37,28 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def op_unavailable_reason(op: str) -> str | None:
+    """Why ``op``'s NVRTC kernels cannot compile here when the others can (a CUDA header its
+    kernels need is missing), or None."""
+    if not CUDA_HEADERS.get(op):
+        return None
+    from stream_r1_fast.nvrtc._compile import MISSING_HEADERS_HINT, find_cuda_headers
+
+    missing = find_cuda_headers(CUDA_HEADERS[op])[1]
+    if not missing:
+        return None
+    return f"CUDA headers not found: {', '.join(missing)} ({MISSING_HEADERS_HINT})"
+
+
 def register(ops: tuple[str, ...]) -> None:
     """Registers the NVRTC launchers of ``ops`` as their CUDA kernels (replacing compiled ones)."""
     if not ops:
         return
     from stream_r1_fast.nvrtc.ema_cache import ema_cache_update_cuda
     from stream_r1_fast.nvrtc.saliency import saliency_weights_cuda
+    from stream_r1_fast.nvrtc.sink_attention import sink_attention_cuda
 
-    impls = {"ema_cache_update": ema_cache_update_cuda, "saliency_weights": saliency_weights_cuda}
+    impls = {"ema_cache_update": ema_cache_update_cuda, "saliency_weights": saliency_weights_cuda,
+             "sink_attention": sink_attention_cuda}
     for op in ops:
         torch.library.impl(f"stream_r1_fast::{op}", "CUDA", impls[op])

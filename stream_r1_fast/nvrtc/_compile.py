@@ -15,17 +15,20 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import struct
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 CACHE_ENV = "STREAM_R1_FAST_NVRTC_CACHE"
-# Bumped when what a cache entry holds changes.
-_CACHE_FORMAT = 1
+# Bumped when what a cache entry holds changes (2: cubins no longer lack their last byte).
+_CACHE_FORMAT = 2
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _MARKER = Path("common") / "cuda_utils.h"
 
@@ -33,6 +36,9 @@ _MARKER = Path("common") / "cuda_utils.h"
 # no --expt-relaxed-constexpr, which the kernels do not need). nvcc and
 # NVRTC share the defaults -ftz=false -prec-div=true -prec-sqrt=true -fmad=true).
 BASE_OPTIONS = ("-std=c++17", "-lineinfo")
+
+# Where the CUDA headers come from when they are missing.
+MISSING_HEADERS_HINT = "pip install nvidia-cuda-runtime nvidia-cuda-crt, or set CUDA_HOME to a CUDA toolkit"
 
 CTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
@@ -46,21 +52,44 @@ def source_dir() -> Path | None:
     return None
 
 
-def cuda_include_dir() -> str | None:
-    """Where ``cuda_fp16.h`` / ``cuda_bf16.h`` live (NVRTC does not ship them): the CUDA
-    runtime headers of the pip wheels torch depends on, else a CUDA toolkit."""
+# The CUDA headers every kernel unit includes (common/cuda_utils.h); NVRTC has none built in.
+BASE_HEADERS = ("cuda_fp16.h", "cuda_bf16.h")
+
+
+def _header_roots() -> list[Path]:
+    """Folders that may hold CUDA headers, in order of preference: those of the pip wheels
+    (the cu13 wheels share one folder: nvidia-cuda-runtime's, which torch depends on, and
+    nvidia-cuda-crt's), then a CUDA toolkit's ($CUDA_HOME, $CUDA_PATH, nvcc's, the default)."""
+    roots = []
     try:
         from cuda.pathfinder import find_nvidia_header_directory
 
         found = find_nvidia_header_directory("cudart")
         if found:
-            return found
+            roots.append(Path(found))
     except Exception:  # noqa: BLE001 - any failure just means "look elsewhere"
         pass
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root and (Path(root) / "include" / "cuda_fp16.h").is_file():
-            return str(Path(root) / "include")
-    return None
+    nvcc = shutil.which("nvcc")
+    toolkits = (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                nvcc and Path(nvcc).resolve().parent.parent, "/usr/local/cuda")
+    roots += [Path(root) / "include" for root in toolkits if root]
+    return list(dict.fromkeys(r for r in roots if r.is_dir()))
+
+
+def find_cuda_headers(headers: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(include folders, headers found in none) for ``BASE_HEADERS + headers``: for each header
+    the first root that holds it, the runtime headers' root first. NVRTC ships none of them;
+    ``<mma.h>``, for one, is a runtime header that includes ``crt/mma.h``, which is not."""
+    roots = _header_roots()
+    dirs: list[str] = []
+    missing: list[str] = []
+    for header in BASE_HEADERS + tuple(headers):
+        root = next((r for r in roots if (r / header).is_file()), None)
+        if root is None:
+            missing.append(header)
+        elif str(root) not in dirs:
+            dirs.append(str(root))
+    return tuple(dirs), tuple(missing)
 
 
 def cache_dir() -> Path:
@@ -150,10 +179,15 @@ class KernelSpec:
     header: str                       # e.g. "ema_cache/ema_cache_kernels.cuh"
     names: tuple[str, ...]            # name expressions: every kernel the launcher may pick
     structs: tuple[Struct, ...] = ()
+    cuda_headers: tuple[str, ...] = ()  # CUDA headers needed beyond BASE_HEADERS
+    # static_asserts that the launch code's numbers (shared memory sizes, ...) are the
+    # kernels', built when the unit is (they may read the header's constants).
+    checks: Callable[[], str] | None = None
 
     def source(self) -> str:
         body = f'#include "{self.header}"\n'
-        return body + "".join(s.layout_asserts() for s in self.structs)
+        body += "".join(s.layout_asserts() for s in self.structs)
+        return body + (self.checks() if self.checks else "")
 
 
 def _versions() -> dict[str, str]:
@@ -163,8 +197,8 @@ def _versions() -> dict[str, str]:
     return {"cupy": cupy.__version__, "nvrtc": ".".join(map(str, nvrtc.getVersion()))}
 
 
-def compile_options(target: str, root: Path, cuda_include: str | None) -> tuple[str, ...]:
-    includes = [f"-I{root}"] + ([f"-I{cuda_include}"] if cuda_include else [])
+def compile_options(target: str, root: Path, cuda_includes: tuple[str, ...]) -> tuple[str, ...]:
+    includes = [f"-I{root}"] + [f"-I{d}" for d in cuda_includes]
     return BASE_OPTIONS + (f"--gpu-architecture={target}",) + tuple(includes)
 
 
@@ -185,10 +219,36 @@ def nvrtc_compile(source: str, options: tuple[str, ...], names: tuple[str, ...],
                 f"{nvrtc.getProgramLog(prog)}"
             ) from exc
         lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
-        binary = nvrtc.getCUBIN(prog) if kind == "cubin" else nvrtc.getPTX(prog)
-        return (binary if isinstance(binary, bytes) else binary.encode()), lowered
+        if kind == "cubin":
+            return whole_elf(nvrtc.getCUBIN(prog)), lowered
+        ptx = nvrtc.getPTX(prog)
+        return (ptx if isinstance(ptx, bytes) else ptx.encode()), lowered
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def elf_extent(image: bytes) -> int:
+    """Bytes an ELF64 image spans: its header, program and section header tables, and the
+    contents of its sections (as far as the header tables are there to say)."""
+    phoff, shoff = struct.unpack_from("<QQ", image, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", image, 0x36)
+    end = max(0x40, phoff + phentsize * phnum, shoff + shentsize * shnum)
+    for i in range(shnum):
+        at = shoff + i * shentsize
+        if at + 0x28 > len(image):
+            break
+        (sh_type,) = struct.unpack_from("<I", image, at + 0x4)
+        offset, size = struct.unpack_from("<QQ", image, at + 0x18)
+        if sh_type != 8:  # SHT_NOBITS occupies no file space
+            end = max(end, offset + size)
+    return end
+
+
+def whole_elf(image: bytes) -> bytes:
+    """The cubin as NVRTC produced it. CuPy's getCUBIN drops its last byte (it strips a NUL
+    terminator, as for PTX); loading those bytes from memory gets away with it (a Python bytes
+    object keeps a NUL after its end), loading the disk cache's file would not."""
+    return image.ljust(elf_extent(image), b"\0")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -235,7 +295,11 @@ class KernelModule:
             raise RuntimeError("stream_r1_fast: the kernel sources (package data _kernels/) are missing")
         source = self.spec.source()
         target, kind = nvrtc_target(arch, tuple(nvrtc.getSupportedArchs()))
-        options = compile_options(target, root, cuda_include_dir())
+        cuda_includes, missing = find_cuda_headers(self.spec.cuda_headers)
+        if missing:
+            raise RuntimeError(f"stream_r1_fast: NVRTC needs the CUDA headers {', '.join(missing)} "
+                               f"for {self.spec.op}; none found ({MISSING_HEADERS_HINT})")
+        options = compile_options(target, root, cuda_includes)
         key = cache_key(source, dependencies(source, root), target, options, self.spec.names,
                         _versions())
         binary_path, names_path = self._paths(key, kind)
