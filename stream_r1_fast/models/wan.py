@@ -10,6 +10,13 @@ Parameter names and shapes are those of diffusers' ``WanTransformer3DModel`` (so
   (:mod:`stream_r1_fast.cache`): self-attention through the cache's fused ``sink_attention``,
   cross-attention to text K/V computed once per prompt (:meth:`encode_text`).
 
+Text conditioning comes as a :class:`TextContext` in one of two forms: *encoded* (every
+block's cross-attention K/V, computed once per prompt by :meth:`encode_text` — inference) or
+*lazy* (the projected text states only, :meth:`embed_text`; each block computes its own K/V
+inside its forward). The lazy form keeps every parameter use inside the forward of the module
+that owns it, which is what per-block FSDP2 sharding needs (training under ``torchrun``, see
+:func:`stream_r1_fast.training.trainer.shard_model`); both forms give the same numbers.
+
 Tensor layouts: latents ``[B, C, F, H, W]``; inside the blocks, tokens ``[B, F, P, dim]`` with
 ``P = (H / 2) * (W / 2)`` tokens per latent frame (row-major), attention heads ``[B, L, heads,
 head_dim]``. Timesteps are in [0, 1000], one per sample or one per latent frame.
@@ -56,29 +63,53 @@ class KVCache(Protocol):
 
 @dataclasses.dataclass
 class TextContext:
-    """Cross-attention keys and values of every block for one batch of prompts.
+    """The text conditioning of every block for one batch of prompts, in one of two forms.
 
-    ``keys``/``values``: [num_layers, B, text_len, heads, head_dim]. Computed once per prompt by
-    :meth:`CausalWanTransformer.encode_text`; :meth:`copy_` swaps prompts in place (the tensors
-    keep their storage, e.g. for a captured CUDA graph).
+    * encoded: ``keys``/``values`` [num_layers, B, text_len, heads, head_dim], every block's
+      cross-attention K/V, computed once per prompt by :meth:`CausalWanTransformer.encode_text`
+      (inference; :meth:`copy_` swaps prompts in place, the tensors keep their storage, e.g. for
+      a captured CUDA graph).
+    * lazy (:meth:`lazy`, :meth:`CausalWanTransformer.embed_text`): ``states`` [B, text_len, dim],
+      the projected text embeddings only; each block computes its K/V inside its own forward
+      (per-block FSDP: no block parameter is used outside its block's forward).
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    states: torch.Tensor | None = None
+
+    @classmethod
+    def lazy(cls, states: torch.Tensor) -> "TextContext":
+        """A lazy context of projected text states [B, text_len, dim]."""
+        return cls(None, None, states)
+
+    @property
+    def is_lazy(self) -> bool:
+        return self.keys is None
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block ``i``'s text input: ``(keys, values)``, or ``(states, None)`` when lazy."""
+        return (self.states, None) if self.is_lazy else (self.keys[i], self.values[i])
 
     def copy_(self, other: "TextContext") -> "TextContext":
-        if other.keys.shape != self.keys.shape:
+        if other.is_lazy != self.is_lazy:
+            raise ValueError("cannot copy a lazy text context into an encoded one or vice versa")
+        src, dst = (other.states, self.states) if self.is_lazy else (other.keys, self.keys)
+        if src.shape != dst.shape:
             raise ValueError(
-                f"cannot copy a text context of shape {tuple(other.keys.shape)} into one of shape "
-                f"{tuple(self.keys.shape)} (same batch and text length needed)"
+                f"cannot copy a text context of shape {tuple(src.shape)} into one of shape "
+                f"{tuple(dst.shape)} (same batch and text length needed)"
             )
-        self.keys.copy_(other.keys)
-        self.values.copy_(other.values)
+        if self.is_lazy:
+            self.states.copy_(other.states)
+        else:
+            self.keys.copy_(other.keys)
+            self.values.copy_(other.values)
         return self
 
     @property
     def batch_size(self) -> int:
-        return self.keys.shape[1]
+        return self.states.shape[0] if self.is_lazy else self.keys.shape[1]
 
 
 class WanAttention(nn.Module):
@@ -141,13 +172,26 @@ class WanBlock(nn.Module):
         return (self.norm1(x.float()) * (1 + scale) + shift).type_as(x).flatten(1, 2)
 
     def forward(
-        self, x: torch.Tensor, e: torch.Tensor, text_k: torch.Tensor, text_v: torch.Tensor, attend: Attend
-    ) -> torch.Tensor:
-        """x [B, F, P, dim]; e [B, F, 6, dim]; text_k/v [B, Lt, heads, head_dim];
-        ``attend(q, k, v)`` does the self-attention of pre-RoPE heads."""
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        text_k: torch.Tensor,
+        text_v: torch.Tensor | None,
+        attend: Attend | None,
+        self_kv_only: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x [B, F, P, dim]; e [B, F, 6, dim]; text_k/v [B, Lt, heads, head_dim] (encoded), or
+        ``text_k`` the projected text states [B, Lt, dim] and ``text_v`` None (lazy: the block
+        computes its cross-attention K/V here); ``attend(q, k, v)`` does the self-attention of
+        pre-RoPE heads. ``self_kv_only``: return the self-attention ``(k, v)`` and stop (the
+        last block of a context-refresh forward)."""
         shift, scale, gate, c_shift, c_scale, c_gate = self._modulation(e)
         n = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x).flatten(1, 2)
         k, v = self.attn1.key_value(n)
+        if self_kv_only:
+            return k, v
+        if text_v is None:
+            text_k, text_v = self.attn2.key_value(text_k)
         o = self.attn1.out(attend(self.attn1.query(n), k, v)).view_as(x)
         x = (x.float() + o * gate).type_as(x)
 
@@ -262,25 +306,51 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         x = x.reshape(b, f, grid[0], grid[1], pt, ph, pw, -1)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-    def _run_block(self, block: WanBlock, x, e, text_k, text_v, attend) -> torch.Tensor:
+    def _run_block(self, block: WanBlock, x, e, text: TextContext, i: int, attend) -> torch.Tensor:
+        text_k, text_v = text.layer(i)
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             return self._gradient_checkpointing_func(block, x, e, text_k, text_v, attend)
         return block(x, e, text_k, text_v, attend)
 
-    def encode_text(self, encoder_hidden_states: torch.Tensor) -> TextContext:
-        """Text embeddings [B, Lt, text_dim] (UMT5 output) -> every block's cross-attention K/V."""
+    def _blocks_sharded(self) -> bool:
+        """Whether the blocks are FSDP2 units of their own (their parameters are sharded
+        outside their forwards)."""
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # pragma: no cover - torch without distributed
+            return False
+        return len(self.blocks) > 0 and isinstance(self.blocks[0], FSDPModule)
+
+    def embed_text(self, encoder_hidden_states: torch.Tensor) -> TextContext:
+        """Text embeddings [B, Lt, text_dim] (UMT5 output) -> a lazy :class:`TextContext` (the
+        projected text states; every block computes its K/V in its own forward)."""
+        return self._embed_text(encoder_hidden_states)
+
+    # The public text methods get FSDP forward hooks under sharding (shard_model); the model's
+    # own methods call this unhooked one, so that no nested hook reshards the root mid-forward.
+    def _embed_text(self, encoder_hidden_states: torch.Tensor) -> TextContext:
         if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[-1] != self.config.text_dim:
             raise ValueError(
                 f"encoder_hidden_states must be [B, text_len, {self.config.text_dim}], "
                 f"got shape {tuple(encoder_hidden_states.shape)}"
             )
         dtype = self.patch_embedding.weight.dtype
-        ctx = self.condition_embedder.text_embedder(encoder_hidden_states.to(dtype))
-        kv = [block.attn2.key_value(ctx) for block in self.blocks]
+        return TextContext.lazy(self.condition_embedder.text_embedder(encoder_hidden_states.to(dtype)))
+
+    def encode_text(self, encoder_hidden_states: torch.Tensor) -> TextContext:
+        """Text embeddings [B, Lt, text_dim] (UMT5 output) -> every block's cross-attention K/V,
+        computed once (per prompt, for all the forwards that follow).
+
+        When the blocks are FSDP2 units of their own, their projections cannot be used outside
+        their forwards: the lazy context of :meth:`embed_text` is returned instead."""
+        ctx = self._embed_text(encoder_hidden_states)
+        if self._blocks_sharded():
+            return ctx
+        kv = [block.attn2.key_value(ctx.states) for block in self.blocks]
         return TextContext(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
 
     def _text(self, text: torch.Tensor | TextContext, batch: int) -> TextContext:
-        ctx = text if isinstance(text, TextContext) else self.encode_text(text)
+        ctx = text if isinstance(text, TextContext) else self._embed_text(text)
         if ctx.batch_size != batch:
             raise ValueError(f"text batch ({ctx.batch_size}) does not match the latents' batch ({batch})")
         return ctx
@@ -300,7 +370,8 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         Args:
             hidden_states: latents [B, C, F, H, W].
             timestep: scalar, [B] or [B, F] (per latent frame), in [0, 1000].
-            encoder_hidden_states: text embeddings [B, Lt, text_dim] or a :class:`TextContext`.
+            encoder_hidden_states: text embeddings [B, Lt, text_dim] (each block projects its
+                own K/V, as from :meth:`embed_text`) or a :class:`TextContext`.
             causal_chunk_frames: None for bidirectional attention; n for block-causal attention
                 over chunks of n frames (a frame sees its own chunk and all earlier chunks), as the
                 streaming forward sees them with an unbounded cache.
@@ -332,7 +403,7 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
             return _sdpa(rotate(q), rotate(k), v, mask)
 
         for i, block in enumerate(self.blocks):
-            x = self._run_block(block, x, e, text.keys[i], text.values[i], attend)
+            x = self._run_block(block, x, e, text, i, attend)
         out = self._head(x, temb, grid)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
@@ -340,7 +411,7 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor | float,
-        text: TextContext,
+        text: TextContext | torch.Tensor,
         cache: KVCache,
         update_cache: bool = False,
     ) -> torch.Tensor | None:
@@ -349,7 +420,8 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         Args:
             latents: [B, C, Fq, H, W], the chunk (noisy, or clean for the context refresh).
             timestep: scalar, [B] or [B, Fq].
-            text: cross-attention K/V from :meth:`encode_text`.
+            text: a :class:`TextContext` (:meth:`encode_text`, or lazy from :meth:`embed_text`),
+                or text embeddings [B, Lt, text_dim].
             cache: the self-attention cache; the chunk attends to its frames and to itself.
             update_cache: the context-refresh forward: every block writes the chunk's K/V to the
                 cache after attending, and nothing after the last block's K/V is computed.
@@ -360,14 +432,13 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         grid = self.latent_grid(h, w)
         if tuple(cache.grid) != grid:
             raise ValueError(f"the cache was made for a {tuple(cache.grid)} token grid, the latents give {grid}")
-        if text.batch_size != b:
-            raise ValueError(f"text batch ({text.batch_size}) does not match the latents' batch ({b})")
+        text = self._text(text, b)
         x = self._embed(latents)
         temb, e = self._time(timestep, b, f, x.device)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if update_cache and i == last:
-                k, v = block.attn1.key_value(block.self_attention_input(x, e))
+                k, v = block(x, e, None, None, None, self_kv_only=True)
                 cache.update(i, k, v)
                 return None
 
@@ -377,5 +448,5 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
                     cache.update(layer, k, v)
                 return out
 
-            x = self._run_block(block, x, e, text.keys[i], text.values[i], attend)
+            x = self._run_block(block, x, e, text, i, attend)
         return self._head(x, temb, grid)

@@ -118,6 +118,11 @@ def sink_attention(
         naming the offending argument on malformed input.
     """
     _check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta)
+    if torch.is_autocast_enabled(q.device.type):
+        # The inputs share one dtype (checked); autocast must not recast them inside the op
+        # (the CPU kernel then fails on mixed float32 / bfloat16 operands).
+        with torch.autocast(q.device.type, enabled=False):
+            return sink_attention(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if use_kernel(_OP, q.device.type):
         out, _ = torch.ops.stream_r1_fast.sink_attention(

@@ -8,7 +8,8 @@ sample index), so a run on N ranks sees the same samples as one process with the
 batch, and a resumed run the same as an uninterrupted one.
 
 Under ``torchrun`` the generator, critic and teacher are sharded with FSDP2 (``fully_shard``,
-see :func:`shard_model`); gradients are averaged over ranks.
+see :func:`shard_model`): each transformer block is a unit of its own, so parameters are
+gathered block by block; gradients are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -41,16 +42,32 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2 over the whole transformer as one unit; ``forward_chunk`` and ``encode_text`` get
-    FSDP's forward hooks too. (Per-block units would need the text K/V, which ``encode_text``
-    computes from every block's cross-attention outside the blocks' forwards, to be computed
-    inside them: parameters, gradients and optimiser state are sharded at rest, the whole
-    model is gathered for each forward.)"""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+def shard_model(model: torch.nn.Module, *, param_dtype: torch.dtype | None = None,
+                reshard_after_forward: bool = True) -> torch.nn.Module:
+    """FSDP2 with one unit per transformer block, then the root (patch/time/text embedders
+    and the head): parameters, gradients and optimiser state are sharded at rest, and a
+    forward gathers one block at a time (freed again after the block when
+    ``reshard_after_forward``, and gathered again for its backward).
 
-    fully_shard(model)
-    for name in ("forward_chunk", "encode_text"):
+    The root's ``forward_chunk``, ``embed_text`` and ``encode_text`` get FSDP's forward hooks
+    too. Text conditioning must reach the blocks as raw embeddings or a lazy
+    :class:`~stream_r1_fast.models.TextContext` (each block projects its own cross-attention
+    K/V inside its forward); ``encode_text`` returns the lazy form once the blocks are sharded.
+
+    ``param_dtype`` (e.g. bfloat16): compute dtype of the gathered parameters
+    (``MixedPrecisionPolicy``; gradients are reduced in float32, sharded parameters and
+    optimiser state keep their dtype). Forward inputs are not cast (the model casts what it
+    needs; the trainer's autocast does the rest)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    kwargs = {"reshard_after_forward": reshard_after_forward}
+    if param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=False)
+    for block in model.blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    for name in ("forward_chunk", "embed_text", "encode_text"):
         register_fsdp_forward_method(model, name)
     return model
 
@@ -95,8 +112,10 @@ class Trainer:
             for m in (self.generator, self.critic):
                 m.enable_gradient_checkpointing()
         if self.world > 1:
+            # Every model frees each block's gathered parameters after its forward (the frozen
+            # teacher never needs them again; the rollout's many forwards re-gather per block).
             for m in (self.generator, self.critic, self.teacher):
-                shard_model(m)
+                shard_model(m, param_dtype=self._compute_dtype(), reshard_after_forward=True)
         o = cfg.optim
         self.g_opt = torch.optim.AdamW(self.generator.parameters(), lr=o.lr_generator, betas=tuple(o.betas),
                                        weight_decay=o.weight_decay)
@@ -132,6 +151,11 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _compute_dtype(self) -> torch.dtype | None:
+        """bf16 when configured (the K/V the blocks compute under autocast or FSDP's mixed
+        precision are bf16 even where the parameters are float32); else the parameters'."""
+        return torch.bfloat16 if self.config.train.mixed_precision == "bf16" else None
+
     def _batch(self, micro: int, purpose: int) -> tuple[list[str], list[torch.Generator]]:
         """This rank's prompts and per-sample generators for (step, micro-batch, purpose)."""
         o = self.config.optim
@@ -164,11 +188,14 @@ class Trainer:
     def _rollout(self, prompts, gens, exit_step: int, emb):
         r = self.config.rollout
         with self._autocast():
+            # Text K/V once per rollout; once the blocks are FSDP units of their own this is
+            # the lazy form (each block projects them in its forward: ~5% slower on the tiny CPU
+            # model, bit-identical, and the price of gathering one block at a time).
             text = self.generator.encode_text(emb)
             return self_forcing_rollout(
                 self.generator, text, num_chunks=r.num_chunks, chunk_frames=r.chunk_frames,
                 latent_size=self.latent_size, exit_step=exit_step, sampler=self.sampler, policy=self.policy,
-                generator=gens,
+                generator=gens, cache_dtype=self._compute_dtype(),
             )
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
