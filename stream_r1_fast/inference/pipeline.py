@@ -84,6 +84,11 @@ class PromptSchedule:
 class StreamingPipeline:
     """Causal Wan transformer + sampler + KV cache (+ UMT5 text encoder, + Wan VAE).
 
+    ``vae`` may also be any codec with ``temporal_factor``, ``spatial_factor`` and a
+    ``streaming_decoder()`` whose ``decode(latents)`` maps chunks to [B, 3, T, H, W] in [-1, 1]
+    (:class:`stream_r1_fast.toy.ToyCodec`); ``prompt_encoder`` any callable prompts ->
+    [B, Lt, text_dim] (:class:`stream_r1_fast.toy.ToyTextEncoder`).
+
     Holds no state between streams: each :meth:`stream` call makes its own cache.
     ``chunk_frames``: latent frames per chunk (3).
     """
@@ -148,6 +153,8 @@ class StreamingPipeline:
         """(temporal, spatial) compression of the VAE ((4, 8) for Wan's)."""
         if self.vae is None:
             return 4, 8
+        if hasattr(self.vae, "temporal_factor"):  # a codec with its own streaming decoder (the toy world's)
+            return self.vae.temporal_factor, self.vae.spatial_factor
         cfg = self.vae.config
         return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
 
@@ -234,7 +241,10 @@ class StreamingPipeline:
     def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode) -> Iterator[StreamChunk]:
         model = self.transformer
         cache = SinkKVCache.for_model(model, batch, lat_h, lat_w, policy)
-        decoder = StreamingVAEDecoder(self.vae) if decode else None
+        decoder = None
+        if decode:
+            make = getattr(self.vae, "streaming_decoder", None)
+            decoder = make() if make is not None else StreamingVAEDecoder(self.vae)
         channels = model.config.in_channels
         text, prompts = None, None
         first_frame, n = 0, 0

@@ -1,0 +1,99 @@
+"""The shipped toy weights: they load, fit the size budget, and the reward model ranks as trained."""
+
+import random
+
+import pytest
+import torch
+
+from stream_r1_fast.rewards import RewardModel
+from stream_r1_fast.toy.codec import WEIGHTS
+from stream_r1_fast.toy.corruptions import corrupt_motion, corrupt_visual, mismatch_caption
+from stream_r1_fast.toy.models import TEACHER_CONFIG, load_teacher
+from stream_r1_fast.toy.reward import ToyRewardModel
+from stream_r1_fast.toy.text import ToyTextEncoder
+from stream_r1_fast.toy.world import ToyWorld
+
+FRESH_SEED = 777_777  # never used by the training scripts
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def reward():
+    return ToyRewardModel.pretrained()
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    world = ToyWorld()
+    _, attrs = world.batch(12, seed=FRESH_SEED)
+    return world, attrs
+
+
+def test_shipped_weights_fit_the_budget():
+    files = sorted(WEIGHTS.glob("*.safetensors"))
+    assert {"codec.safetensors", "teacher.safetensors", "reward.safetensors"} <= {f.name for f in files}
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+
+
+def test_teacher_loads_and_predicts():
+    model = load_teacher()
+    assert model.config.num_layers == TEACHER_CONFIG["num_layers"]
+    assert model.config.attention_head_dim in (64, 128)
+    x = torch.randn(1, 16, 3, 16, 16)
+    v = model(x, 500.0, ToyTextEncoder()(["a small red circle moving left fast on a black background"])).sample
+    assert v.shape == x.shape and torch.isfinite(v).all()
+
+
+def test_reward_interface_and_pixel_gradient(reward, fresh):
+    world, attrs = fresh
+    assert isinstance(reward, RewardModel)
+    video = world.render(attrs[0])[None].requires_grad_(True)
+    out = reward.rewards(video, [attrs[0].caption])
+    assert out.raw.shape == out.normalized.shape == (1, 3)
+    for k in range(3):
+        (g,) = torch.autograd.grad(out.raw[0, k], video, retain_graph=True)
+        assert float(g.abs().sum()) > 0
+
+
+def _axis(reward, videos, captions, k):
+    with torch.no_grad():
+        return reward.rewards(torch.stack(videos), captions).normalized[:, k]
+
+
+def test_reward_ranks_clean_above_corrupted(reward, fresh):
+    world, attrs = fresh
+    rng = random.Random(1)
+    clean = [world.render(a) for a in attrs]
+    bad = [corrupt_visual(v, kind, rng) for v, kind in zip(clean, ["noise", "blur", "color_shift", "blocky"] * 3)]
+    caps = [a.caption for a in attrs]
+    c, b = _axis(reward, clean, caps, 0), _axis(reward, bad, caps, 0)
+    assert float((c > b).float().mean()) >= 0.75, (c, b)
+    assert float(c.mean()) > float(b.mean()) + 0.5
+
+
+def test_reward_ranks_smooth_above_jittery(reward, fresh):
+    world, attrs = fresh
+    rng = random.Random(2)
+    smooth = [world.render(a) for a in attrs]
+    bad = [corrupt_motion(world, a, kind, rng) for a, kind in zip(attrs, ["jitter", "frozen", "teleport"] * 4)]
+    caps = [a.caption for a in attrs]
+    s, b = _axis(reward, smooth, caps, 1), _axis(reward, bad, caps, 1)
+    assert float((s > b).float().mean()) >= 0.75, (s, b)
+    assert float(s.mean()) > float(b.mean()) + 0.5
+
+
+def test_reward_ranks_matched_above_mismatched_captions(reward, fresh):
+    world, attrs = fresh
+    rng = random.Random(3)
+    videos = [world.render(a) for a in attrs]
+    good = _axis(reward, videos, [a.caption for a in attrs], 2)
+    wrong = [mismatch_caption(a, attrs[(i + 5) % len(attrs)], rng) for i, a in enumerate(attrs)]
+    bad = _axis(reward, videos, wrong, 2)
+    assert float(good.mean()) > float(bad.mean()), (good, bad)
