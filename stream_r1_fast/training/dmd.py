@@ -48,6 +48,15 @@ def sample_timesteps(
     return (1000.0 * warped).clamp(min_t, max_t).float()
 
 
+def _noise_draw(x, t, eps, shift, min_t, max_t, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The given ``t`` [B] and ``eps`` (like x), or fresh draws: t first, then eps."""
+    if t is None:
+        t = sample_timesteps(x.shape[0], shift=shift, min_t=min_t, max_t=max_t, device=x.device, generator=generator)
+    if eps is None:
+        eps = torch.randn(x.shape, device=x.device, generator=generator)
+    return t, eps
+
+
 def dmd_gradient(
     x: torch.Tensor,
     real_cond: Score,
@@ -71,11 +80,7 @@ def dmd_gradient(
     """
     with torch.no_grad():
         x = x.detach().float()
-        b = x.shape[0]
-        if t is None:
-            t = sample_timesteps(b, shift=shift, min_t=min_t, max_t=max_t, device=x.device, generator=generator)
-        if eps is None:
-            eps = torch.randn(x.shape, device=x.device, generator=generator)
+        t, eps = _noise_draw(x, t, eps, shift, min_t, max_t, generator)
         x_t = add_noise(x, eps, t)
         cond = predict_x0(real_cond, x_t, t)
         uncond = predict_x0(real_uncond, x_t, t)
@@ -111,10 +116,6 @@ def critic_loss(
     """Flow-matching denoising loss of the critic on detached generator samples x:
     ``mean((f_fake(x_t, t) - (eps - x))^2)`` (float32). Returns ``(loss, {"t": t})``."""
     x = x.detach().float()
-    b = x.shape[0]
-    if t is None:
-        t = sample_timesteps(b, shift=shift, min_t=min_t, max_t=max_t, device=x.device, generator=generator)
-    if eps is None:
-        eps = torch.randn(x.shape, device=x.device, generator=generator)
+    t, eps = _noise_draw(x, t, eps, shift, min_t, max_t, generator)
     v = fake(add_noise(x, eps, t), t).float()
     return ((v - (eps - x)) ** 2).mean(), {"t": t}
