@@ -13,14 +13,13 @@ accuracies are printed. Reproducible from the seed; CPU, one thread by default.
 from __future__ import annotations
 
 import argparse
-import math
 import random
-import time
 
 import torch
 import torch.nn.functional as F
 
 from stream_r1_fast.toy.codec import ToyCodec
+from stream_r1_fast.toy.fit import Fitter, warmup_cosine
 from stream_r1_fast.toy.corruptions import MOTION, VISUAL, corrupt_motion, corrupt_visual, mismatch_caption
 from stream_r1_fast.toy.reward import WEIGHTS, ToyRewardModel
 from stream_r1_fast.toy.world import ToyWorld
@@ -68,22 +67,11 @@ def main(argv=None) -> None:
     palette = list(model.ta_palette.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("ta_palette.")]
     opt = torch.optim.AdamW([{"params": rest}, {"params": palette, "lr": 10 * args.lr}], lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
-    )
-    start, ema = time.time(), None
+    fit = Fitter(model, opt, warmup_cosine(opt, 50, args.steps), args.steps)
     for step in range(args.steps):
         video, captions, labels = labelled_batch(world, codec, args.batch, rng, g)
         raw = model(video, model.text(captions))
-        loss = F.binary_cross_entropy_with_logits(raw, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  {time.time() - start:6.1f} s", flush=True)
+        fit.step(step, F.binary_cross_entropy_with_logits(raw, labels))
 
     # Held-out statistics (fresh seed): normalisation and accuracy per axis.
     model.eval()
@@ -98,11 +86,11 @@ def main(argv=None) -> None:
     model.mean.copy_(raw.mean(0))
     model.std.copy_(raw.std(0).clamp_min(1e-3))
     acc = ((raw > 0).float() == lab).float().mean(0)
-    model.save(args.out, steps=args.steps, seed=args.seed, final_loss_ema=f"{ema:.4f}",
+    model.save(args.out, steps=args.steps, seed=args.seed, final_loss_ema=f"{fit.ema:.4f}",
                heldout_accuracy=",".join(f"{a:.3f}" for a in acc.tolist()))
     print(f"reward model: {sum(p.numel() for p in model.parameters()) / 1e3:.0f} k parameters, {args.steps} steps, "
-          f"loss (EMA) {ema:.4f}; held-out accuracy VQ {acc[0]:.3f} MQ {acc[1]:.3f} TA {acc[2]:.3f} "
-          f"({len(raw)} clips); {time.time() - start:.0f} s -> {args.out}")
+          f"loss (EMA) {fit.ema:.4f}; held-out accuracy VQ {acc[0]:.3f} MQ {acc[1]:.3f} TA {acc[2]:.3f} "
+          f"({len(raw)} clips); {fit.elapsed:.0f} s -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ sampler's grid), the caption dropped (empty prompt) 10% of the time for guidance
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import torch
 
 from stream_r1_fast.inference.sampler import shift_timesteps
 from stream_r1_fast.models import CausalWanTransformer
 from stream_r1_fast.toy.codec import ToyCodec
+from stream_r1_fast.toy.fit import Fitter, warmup_cosine
 from stream_r1_fast.toy.models import TEACHER_CONFIG, WEIGHTS, load_transformer_file, save_transformer
 from stream_r1_fast.toy.text import ToyTextEncoder
 from stream_r1_fast.toy.world import ToyWorld
@@ -45,11 +44,8 @@ def main(argv=None) -> None:
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     warmup = min(100, args.steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps))
-    )
+    fit = Fitter(model, opt, warmup_cosine(opt, warmup, args.steps), args.steps)
     g = torch.Generator().manual_seed(args.seed)
-    start, ema = time.time(), None
     for step in range(args.steps):
         clips = [world.sample(g) for _ in range(args.batch)]
         video = torch.stack([c for c, _ in clips]).permute(0, 2, 1, 3, 4) * 2 - 1
@@ -61,20 +57,12 @@ def main(argv=None) -> None:
         s = torch.tensor(shift_timesteps((u * 1000).tolist(), 3.0)) / 1000.0
         x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
         v = model(x_t, s * 1000.0, text(captions)).sample
-        loss = ((v.float() - (eps - x0)) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  {time.time() - start:6.1f} s", flush=True)
+        fit.step(step, ((v.float() - (eps - x0)) ** 2).mean())
     model.eval()
-    save_transformer(model, args.out, steps=args.steps, seed=args.seed, final_loss_ema=f"{ema:.4f}",
-                     train_seconds=f"{time.time() - start:.0f}")
-    print(f"teacher: {params / 1e6:.2f} M parameters, {args.steps} steps, loss (EMA) {ema:.4f}, "
-          f"{time.time() - start:.0f} s -> {args.out}")
+    save_transformer(model, args.out, steps=args.steps, seed=args.seed, final_loss_ema=f"{fit.ema:.4f}",
+                     train_seconds=f"{fit.elapsed:.0f}")
+    print(f"teacher: {params / 1e6:.2f} M parameters, {args.steps} steps, loss (EMA) {fit.ema:.4f}, "
+          f"{fit.elapsed:.0f} s -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""The optimisation loop pieces shared by the toy training scripts (scripts/toy/)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+    )
+
+
+class Fitter:
+    """One optimiser step (grad clip 1) plus a loss EMA printed every ``every`` steps."""
+
+    def __init__(self, model: torch.nn.Module, opt, sched, steps: int, every: int = 50):
+        self.model, self.opt, self.sched, self.steps, self.every = model, opt, sched, steps, every
+        self.ema: float | None = None
+        self.start = time.time()
+
+    def step(self, step: int, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        value = loss.item()
+        self.ema = value if self.ema is None else 0.98 * self.ema + 0.02 * value
+        if step % self.every == 0 or step == self.steps - 1:
+            print(f"step {step:5d}  loss {value:.4f}  ema {self.ema:.4f}  {self.elapsed:6.1f} s", flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.start
