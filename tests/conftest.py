@@ -33,7 +33,7 @@ def device(request):
 def _single_thread_for_tiny_models(request):
     # Tiny-model tests are dominated by thread hand-off on small ops: one thread is ~4x faster
     # on a 2-core CI machine. Kernel tests keep the default so parallel_for runs in parallel.
-    if request.module.__name__.split(".")[-1].startswith(("test_model", "test_streaming", "test_cli")):
+    if request.module.__name__.split(".")[-1].startswith(("test_model", "test_streaming", "test_cli", "test_toy", "test_training_run")):
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         yield

@@ -12,14 +12,6 @@ from stream_r1_fast.toy.text import ToyTextEncoder
 from stream_r1_fast.toy.world import ToyWorld
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def clips():
     video, _ = ToyWorld().batch(3, seed=99)

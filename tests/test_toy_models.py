@@ -16,14 +16,6 @@ from stream_r1_fast.toy.world import ToyWorld
 FRESH_SEED = 777_777  # never used by the training scripts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def reward():
     return ToyRewardModel.pretrained()

@@ -11,14 +11,6 @@ from stream_r1_fast.toy.text import MAX_TOKENS, TEXT_DIM, ToyTextEncoder
 from stream_r1_fast.toy.world import ToyWorld, parse_caption
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_clips_are_seeded_and_shaped():
     world = ToyWorld()
     a, attrs = world.batch(3, seed=5)

@@ -19,14 +19,6 @@ from training_helpers import FixedTextEncoder, tiny_config, tiny_trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_rollout_at_last_exit_step_equals_inference():
     model = tiny_transformer(0)
     emb = FixedTextEncoder()(["a red circle moves left"])
