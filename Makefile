@@ -1,6 +1,8 @@
 # Set-up and the two jobs of the README, on a fresh machine:
-#   make bench   -> builds everything, runs the kernel benchmark suite (the main job for now)
+#   make demo    -> builds everything, streams a captioned toy-world video from the shipped
+#                   Stream-R1 student on the CPU (mp4, GIF, contact sheet in toy_demo/)
 #   make test    -> builds everything, runs the test suite
+# and: make bench (the kernel benchmark suite), make compare (the toy world's comparison).
 # The virtualenv is created here; torch comes from the wheel on local disk where there is one
 # (a CUDA 13.0 build, so that the CUDA kernels compile and link even on a machine without a GPU).
 # On a machine whose Python already has torch (the GPU machine), use `make SYSTEM=1 ...`.
@@ -24,7 +26,7 @@ endif
 
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install test bench clean
+.PHONY: install test bench demo compare clean
 
 install: $(STAMP)
 
@@ -48,6 +50,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+demo: $(STAMP)
+	$(PY) -m stream_r1_fast.toy.demo --out toy_demo
+
+compare: $(STAMP)
+	$(PY) scripts/toy/compare.py --seeds 0 1 2 --jobs 2
 
 clean:
 	rm -rf build $(VENV) stream_r1_fast/_C*.so

@@ -133,7 +133,7 @@ def test_config_errors_name_the_key(tmp_path):
         TrainConfig.from_dict({"trian": {}})
 
 
-@pytest.mark.parametrize("name", ["toy_dmd.yaml", "wan2.1_1.3b_stream_r1.yaml"])
+@pytest.mark.parametrize("name", ["tiny_wan_smoke.yaml", "wan2.1_1.3b_stream_r1.yaml"])
 def test_shipped_configs_parse(name):
     cfg = TrainConfig.from_yaml(CONFIGS / name)
     if name.startswith("wan"):
@@ -148,7 +148,7 @@ def test_cli_train_runs_and_resumes(tmp_path, capsys):
     from tiny_wan import write_pipeline_dir
 
     model_dir = write_pipeline_dir(tmp_path / "model")
-    data = yaml.safe_load((CONFIGS / "toy_dmd.yaml").read_text())
+    data = yaml.safe_load((CONFIGS / "tiny_wan_smoke.yaml").read_text())
     data["model"]["dir"] = str(model_dir)
     data["rollout"].update(num_chunks=1, chunk_frames=1, height=16, width=16, sink_frames=1, window_frames=1)
     data["optim"]["generator_every"] = 1

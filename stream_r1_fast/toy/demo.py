@@ -27,6 +27,7 @@ from stream_r1_fast.toy.text import ToyTextEncoder
 from stream_r1_fast.toy.world import ToyWorld
 
 STUDENTS = ("stream_r1", "re_dmd", "dmd")
+PLAYBACK_FPS = 16  # the videos are written at 16 frames per second (Wan2.1's rate)
 
 
 def best_student() -> Path | None:
@@ -38,17 +39,23 @@ def best_student() -> Path | None:
 
 
 def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float, generator: str = "auto"):
-    """-> (video [T, 3, H, W] in [0, 1], description of the generator, frames per second)."""
+    """-> (video [T, 3, H, W] in [0, 1], description of the generator, frames per second,
+    seconds to the first decoded chunk (None for the teacher, which has no stream))."""
     world = ToyWorld(num_frames=num_frames)
     codec, text = ToyCodec.pretrained(), ToyTextEncoder()
     student = best_student() if generator == "auto" else (None if generator == "teacher" else Path(generator))
     start = time.perf_counter()
+    first = None
     if student is not None:
         from stream_r1_fast.inference import StreamingPipeline
 
         pipe = StreamingPipeline(load_transformer_file(student), codec, text)
-        frames = pipe.generate(prompt, num_frames, height=world.height, width=world.width, seed=seed)
-        video = frames[0].permute(0, 3, 1, 2).float() / 255
+        chunks = []
+        for chunk in pipe.stream(prompt, num_chunks=pipe.chunks_for_frames(num_frames), height=world.height,
+                                 width=world.width, seed=seed):
+            chunks.append(chunk.frames)
+            first = first or time.perf_counter() - start
+        video = torch.cat(chunks, 1)[0, :num_frames].permute(0, 3, 1, 2).float() / 255
         what = f"causal student {student.name}, streamed chunk by chunk (4 steps per chunk, EMA-Sink cache)"
     else:
         from stream_r1_fast.toy.sampling import euler_sample
@@ -63,10 +70,10 @@ def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float,
         what = (f"bidirectional teacher, whole clip at once ({steps} Euler steps, guidance {cfg}; "
                 "no causal student shipped yet, so this is not streaming)")
     fps = video.shape[0] / (time.perf_counter() - start)
-    return video, what, fps
+    return video, what, fps, first
 
 
-def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, fps: int = 16) -> list[Path]:
+def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, fps: int = PLAYBACK_FPS) -> list[Path]:
     """mp4, GIF and a PNG contact sheet of ``video`` [T, 3, H, W] in [0, 1], upscaled ``scale`` x."""
     import imageio.v2 as imageio
     from PIL import Image, ImageDraw
@@ -108,16 +115,18 @@ def main(argv=None) -> None:
     from stream_r1_fast.toy.reward import ToyRewardModel
 
     prompt = args.prompt or ToyWorld().sample_attributes(torch.Generator().manual_seed(args.seed)).caption
-    video, what, fps = generate(prompt, seed=args.seed, num_frames=args.frames, steps=args.steps, cfg=args.cfg,
-                                generator=args.generator)
+    video, what, fps, first = generate(prompt, seed=args.seed, num_frames=args.frames, steps=args.steps,
+                                       cfg=args.cfg, generator=args.generator)
     paths = write_outputs(video, prompt, Path(args.out))
     metrics = score_clip(video, prompt)
     with torch.no_grad():
         reward = ToyRewardModel.pretrained().rewards(video[None], [prompt]).normalized[0]
     print(f"prompt:    {prompt}")
     print(f"generator: {what}")
-    print(f"video:     {video.shape[0]} frames of {video.shape[3]}x{video.shape[2]}, {fps:.0f} frames/s "
-          f"on {torch.get_num_threads()} CPU threads")
+    speed = f"{fps:.0f} frames/s on {torch.get_num_threads()} CPU threads"
+    if first is not None:
+        speed += f" = {fps / PLAYBACK_FPS:.1f}x real time at {PLAYBACK_FPS} fps, first frames after {first * 1000:.0f} ms"
+    print(f"video:     {video.shape[0]} frames of {video.shape[3]}x{video.shape[2]}, {speed}")
     print("oracle:    " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     print("reward:    " + ", ".join(f"{k} {v:+.2f}" for k, v in zip(("VQ", "MQ", "TA"), reward.tolist())))
     print("wrote:     " + ", ".join(str(p) for p in paths))

@@ -25,6 +25,7 @@ TEACHER_CONFIG = preset(
 def save_transformer(model: CausalWanTransformer, path: str | Path, **metadata) -> None:
     """safetensors with the model config (and training facts) in the metadata."""
     meta = {"config": json.dumps(dict(model.config)), **{k: str(v) for k, v in metadata.items()}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
 
 
@@ -39,7 +40,9 @@ def load_transformer_file(path: str | Path, dtype: torch.dtype = torch.float32) 
     config["patch_size"] = tuple(config["patch_size"])
     model = CausalWanTransformer(**config)
     model.load_state_dict(load_file(str(path)))
-    return model.to(dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval().requires_grad_(False)
 
 
 def load_teacher(path: str | Path | None = None) -> CausalWanTransformer:

@@ -26,8 +26,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """dir: diffusers Wan folder (vae/, text_encoder/, tokenizer/, transformer/) or None
-    (random ``preset`` models, for smoke runs). student / teacher / critic: a transformer to load
+    """dir: diffusers Wan folder (vae/, text_encoder/, tokenizer/, transformer/), ``toy`` (the
+    toy world shipped in the package: :func:`stream_r1_fast.toy.distill.build_toy_trainer`), or
+    None (random ``preset`` models, for smoke runs). student / teacher / critic: a transformer to load
     (diffusers folder, original-layout or Self-Forcing ``.pt``), a preset name (random weights),
     or None (student: ``dir``/transformer; teacher: the student; critic: a copy of the student).
     """
@@ -52,7 +53,8 @@ class RewardConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """prompts: a list of prompts, or a text file with one prompt per line."""
+    """prompts: a list of prompts, a text file with one prompt per line, or ``toy-world:N``
+    (the captions of N random toy-world clips, seed 0)."""
 
     prompts: list | str = dataclasses.field(default_factory=lambda: ["a red circle moves left"])
     negative_prompt: str = WAN_NEGATIVE_PROMPT
@@ -141,6 +143,13 @@ class TrainConfig:
 
     def prompt_list(self) -> list[str]:
         p = self.data.prompts
+        if isinstance(p, str) and p.startswith("toy-world:"):
+            count = p.partition(":")[2]
+            if not count.isdigit() or int(count) < 1:
+                raise ConfigError(f"data.prompts {p!r}: 'toy-world:N' needs a positive count N")
+            from stream_r1_fast.toy.distill import toy_captions
+
+            return toy_captions(int(count))
         if isinstance(p, str):
             lines = [line.strip() for line in Path(p).read_text().splitlines()]
             p = [line for line in lines if line and not line.startswith("#")]

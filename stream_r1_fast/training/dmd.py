@@ -83,8 +83,10 @@ def dmd_gradient(
         t, eps = _noise_draw(x, t, eps, shift, min_t, max_t, generator)
         x_t = add_noise(x, eps, t)
         cond = predict_x0(real_cond, x_t, t)
-        uncond = predict_x0(real_uncond, x_t, t)
-        x0_real = cond + guidance_scale * (cond - uncond)
+        if guidance_scale == 0.0:  # no guidance: the unconditional branch would not count
+            x0_real = cond
+        else:
+            x0_real = cond + guidance_scale * (cond - predict_x0(real_uncond, x_t, t))
         x0_fake = predict_x0(fake, x_t, t)
         norm = (x - x0_real).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
         g = torch.nan_to_num((x0_fake - x0_real) / norm, nan=0.0, posinf=0.0, neginf=0.0)

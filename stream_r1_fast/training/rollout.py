@@ -34,7 +34,7 @@ def draw_exit_step(num_steps: int, rng: random.Random, device=None) -> int:
     return k
 
 
-def _snapshot(cache: SinkKVCache) -> SinkKVCache:
+def snapshot_cache(cache: SinkKVCache) -> SinkKVCache:
     """A copy of the cache with its own tensors: the gradient-carrying forward saves the cache
     tensors for backward, and the refresh then updates the live cache in place."""
     snap = copy.copy(cache)
@@ -81,7 +81,7 @@ def self_forcing_rollout(
                 eps = randn(x0.shape, generator, device=x0.device)
                 x_t = sampler.add_noise(x0, eps, steps[i + 1])
         t = steps[exit_step]
-        live = _snapshot(cache) if torch.is_grad_enabled() else cache
+        live = snapshot_cache(cache) if torch.is_grad_enabled() else cache
         x0 = sampler.predict_x0(x_t, model.forward_chunk(x_t, t, text, live).float(), t)
         with torch.no_grad():
             model.forward_chunk(x0.detach(), 0.0, text, cache, update_cache=True)

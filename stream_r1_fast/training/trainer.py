@@ -92,7 +92,9 @@ class Trainer:
         generator, teacher, critic: CausalWanTransformers (teacher frozen; critic trainable,
             usually a copy of the student's initial weights).
         text_encoder: ``prompts -> embeddings [B, L, text_dim]`` (a PromptEncoder).
-        vae: diffusers ``AutoencoderKLWan`` for decoding rollouts (needed by reward modes).
+        vae: diffusers ``AutoencoderKLWan`` for decoding rollouts (needed by reward modes), or a
+            codec with ``temporal_factor``, ``spatial_factor`` and ``streaming_decoder()`` (the
+            toy world's :class:`~stream_r1_fast.toy.ToyCodec`).
         reward_model: a :class:`~stream_r1_fast.rewards.RewardModel` (needed by reward modes).
     """
 
@@ -122,7 +124,9 @@ class Trainer:
         self.c_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.lr_critic, betas=tuple(o.betas),
                                        weight_decay=o.weight_decay)
         self.ema = {n: p.detach().float().clone() for n, p in self.generator.named_parameters()}
-        if vae is not None:
+        if vae is not None and hasattr(vae, "streaming_decoder"):  # a codec with its own decoder (the toy world's)
+            factors = (vae.temporal_factor, vae.spatial_factor)
+        elif vae is not None:
             vae_cfg = vae.config
             factors = (2 ** sum(bool(d) for d in vae_cfg.temperal_downsample), 2 ** (len(vae_cfg.dim_mult) - 1))
         else:
@@ -200,7 +204,9 @@ class Trainer:
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         """latents -> video [B, T, 3, H, W] in [0, 1] (no grad)."""
-        video = StreamingVAEDecoder(self.vae).decode(x.detach())
+        make = getattr(self.vae, "streaming_decoder", None)
+        decoder = make() if make is not None else StreamingVAEDecoder(self.vae)
+        video = decoder.decode(x.detach())
         return ((video + 1.0) / 2.0).permute(0, 2, 1, 3, 4).contiguous()
 
     def _clip(self, model) -> float:
@@ -414,6 +420,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     from stream_r1_fast.models.loading import load_transformer
 
     m = config.model
+    if m.dir == "toy":
+        from stream_r1_fast.toy.distill import build_toy_trainer
+
+        return build_toy_trainer(config)
     if m.dir is None:
         raise ValueError("config key 'model.dir' must name a diffusers Wan folder (vae/, text_encoder/, tokenizer/)")
     root = Path(m.dir)

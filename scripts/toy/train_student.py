@@ -1,0 +1,74 @@
+"""Distil the toy teacher into a causal student by DMD, Re-DMD or Stream-R1.
+
+    python scripts/toy/train_student.py --method stream_r1 --seed 0 \
+        --init runs/toy/seed0/student_ode.safetensors --run-dir runs/toy/seed0/stream_r1
+
+The recipe is ``configs/toy_<method>.yaml`` run by the training engine (the same
+:class:`~stream_r1_fast.training.Trainer` as ``stream-r1 train``; checkpoints, metrics.csv
+and TensorBoard logs under ``--run-dir``, an interrupted run resumes from its last complete
+checkpoint). The generator starts from ``--init`` (the ODE-initialised student); what is saved
+to ``--out`` is its EMA weights, as a toy transformer file (config in the metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from stream_r1_fast.toy.distill import build_toy_trainer
+from stream_r1_fast.toy.models import WEIGHTS, save_transformer
+from stream_r1_fast.training.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+METHODS = ("dmd", "re_dmd", "stream_r1")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=METHODS, required=True)
+    ap.add_argument("--config", help="default: configs/toy_<method>.yaml")
+    ap.add_argument("--steps", type=int, help="default: the config's train.steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", default=str(WEIGHTS / "student_ode.safetensors"), help="the ODE-initialised student")
+    ap.add_argument("--run-dir", help="checkpoints and logs (default: the config's train.output_dir + /seed<seed>)")
+    ap.add_argument("--out", help="the EMA student (default: <run-dir>/student_<method>.safetensors)")
+    ap.add_argument("--progress", action="store_true", help="a tqdm bar (default: a line every 50 steps)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    config = TrainConfig.from_yaml(args.config or CONFIGS / f"toy_{args.method}.yaml")
+    if config.weighting.mode != args.method:
+        raise SystemExit(f"{args.config}: weighting.mode is {config.weighting.mode!r}, not {args.method!r}")
+    config.train.seed = args.seed
+    if args.steps is not None:
+        config.train.steps = args.steps
+    config.train.output_dir = args.run_dir or f"{config.train.output_dir}/seed{args.seed}"
+    config.train.progress = args.progress
+    trainer = build_toy_trainer(config, student=args.init)
+    resumed = trainer.resume()
+    if resumed is not None:
+        print(f"resumed from {resumed} (step {trainer.step})", flush=True)
+
+    def report(logs: dict) -> None:
+        step = int(logs["step"]) + 1
+        if not args.progress and (step % 50 == 0 or step == config.train.steps):
+            rewards = " ".join(f"{k[7:]} {logs[k]:+.2f}" for k in ("reward_VQ", "reward_MQ", "reward_TA") if k in logs)
+            print(f"step {step:5d}  critic {logs['critic_loss']:.4f}  {rewards}  {logs['seconds']:.2f} s/step",
+                  flush=True)
+
+    trainer.fit(on_step=report)
+    model = trainer.generator
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(trainer.ema[name].to(p.dtype))
+    out = Path(args.out or Path(config.train.output_dir) / f"student_{args.method}.safetensors")
+    save_transformer(model.eval(), out, kind=f"causal student, {args.method} (EMA weights)", method=args.method,
+                     steps=trainer.step, seed=args.seed, init=Path(args.init).name)
+    print(f"{args.method} student: {trainer.step} steps -> {out}")
+
+
+if __name__ == "__main__":
+    main()
