@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from stream_r1_fast.toy.codec import ToyCodec
-from stream_r1_fast.toy.models import load_transformer_file
+from stream_r1_fast.toy.models import WEIGHTS, load_transformer_file
 from stream_r1_fast.toy.reward import ToyRewardModel
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "toy"
@@ -43,3 +44,40 @@ def test_train_reward(tmp_path):
     out = tmp_path / "reward.safetensors"
     _script("train_reward").main(["--steps", "2", "--batch", "4", "--eval-batches", "1", "--out", str(out)])
     ToyRewardModel.from_file(out)
+
+
+def test_ode_init(tmp_path, capsys):
+    out = tmp_path / "student_ode.safetensors"
+    _script("ode_init").main(["--pairs", "2", "--steps", "2", "--batch", "2", "--out", str(out)])
+    student, teacher = load_transformer_file(out), load_transformer_file(WEIGHTS / "teacher.safetensors")
+    assert dict(student.config) == dict(teacher.config)
+    changed = [n for n, p in student.state_dict().items() if not torch.equal(p, teacher.state_dict()[n])]
+    assert changed, "two regression steps must move the student off the teacher's weights"
+    assert "2 teacher ODE solutions" in capsys.readouterr().out
+
+
+def test_train_student(tmp_path, capsys):
+    from safetensors import safe_open
+
+    # The shipped recipe with 2 captions: its 4096 take ~15 s to draw.
+    data = yaml.safe_load((SCRIPTS.parents[1] / "configs" / "toy_stream_r1.yaml").read_text())
+    data["data"]["prompts"] = "toy-world:2"
+    config = tmp_path / "toy_stream_r1.yaml"
+    config.write_text(yaml.safe_dump(data))
+    out, run = tmp_path / "x.safetensors", tmp_path / "run"
+    _script("train_student").main(["--method", "stream_r1", "--config", str(config), "--steps", "1", "--batch", "1",
+                                   "--init", str(WEIGHTS / "teacher.safetensors"), "--run-dir", str(run),
+                                   "--out", str(out)])
+    assert load_transformer_file(out).config.num_layers == 4
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "stream_r1" and meta["steps"] == "1" and meta["init"] == "teacher.safetensors"
+    assert (run / "checkpoints" / "step_00000001" / "COMPLETE").is_file()
+    assert (run / "metrics.csv").read_text().count("\n") == 2
+    assert "stream_r1 student: 1 steps" in capsys.readouterr().out
+
+
+def test_train_student_rejects_a_config_of_another_method(tmp_path):
+    with pytest.raises(SystemExit, match="weighting.mode is 'dmd'"):
+        _script("train_student").main(["--method", "stream_r1", "--config",
+                                       str(SCRIPTS.parents[1] / "configs" / "toy_dmd.yaml"), "--run-dir", str(tmp_path)])

@@ -30,6 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--method", choices=METHODS, required=True)
     ap.add_argument("--config", help="default: configs/toy_<method>.yaml")
     ap.add_argument("--steps", type=int, help="default: the config's train.steps")
+    ap.add_argument("--batch", type=int, help="rollouts per step (default: the config's optim.batch_size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--init", default=str(WEIGHTS / "student_ode.safetensors"), help="the ODE-initialised student")
@@ -45,6 +46,10 @@ def main(argv=None) -> None:
     config.train.seed = args.seed
     if args.steps is not None:
         config.train.steps = args.steps
+    if args.batch is not None:
+        if args.batch < 1:
+            raise SystemExit(f"--batch must be >= 1, got {args.batch}")
+        config.optim.batch_size = args.batch
     config.train.output_dir = args.run_dir or f"{config.train.output_dir}/seed{args.seed}"
     config.train.progress = args.progress
     trainer = build_toy_trainer(config, student=args.init)

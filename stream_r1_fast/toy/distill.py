@@ -38,7 +38,9 @@ NUM_CHUNKS = 3
 def ode_grid(student_timesteps: Sequence[float], steps: int = 24, shift: float = 3.0) -> list[float]:
     """The teacher's Euler grid (``steps`` steps warped by ``shift``, 1000 -> 0) with the student's
     timesteps inserted: descending, starting at 1000, ending at 0, no duplicates."""
-    grid = set(round(t, 6) for t in shift_timesteps(torch.linspace(1000, 0, steps + 1).tolist(), shift))
+    # float64: a float32 linspace puts teacher points ~1e-5 off (937.499991 beside the student's 937.5).
+    teacher = shift_timesteps(torch.linspace(1000, 0, steps + 1, dtype=torch.float64).tolist(), shift)
+    grid = set(round(t, 6) for t in teacher)
     grid.update(round(float(t), 6) for t in student_timesteps)
     grid.update((1000.0, 0.0))
     return sorted(grid, reverse=True)
