@@ -55,7 +55,7 @@ demo: $(STAMP)
 	$(PY) -m stream_r1_fast.toy.demo --out toy_demo
 
 compare: $(STAMP)
-	$(PY) scripts/toy/compare.py --seeds 0 1 2 --jobs 2
+	$(PY) scripts/toy/compare.py --seeds 0 1 2 --jobs 3
 
 clean:
 	rm -rf build $(VENV) stream_r1_fast/_C*.so
