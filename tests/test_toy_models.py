@@ -1,14 +1,16 @@
 """The shipped toy weights: they load, fit the size budget, and the reward model ranks as trained."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from stream_r1_fast.rewards import RewardModel
 from stream_r1_fast.toy.codec import WEIGHTS
 from stream_r1_fast.toy.corruptions import corrupt_motion, corrupt_visual, mismatch_caption
-from stream_r1_fast.toy.models import TEACHER_CONFIG, load_teacher
+from stream_r1_fast.toy.models import TEACHER_CONFIG, load_teacher, load_transformer_file
 from stream_r1_fast.toy.reward import ToyRewardModel
 from stream_r1_fast.toy.text import ToyTextEncoder
 from stream_r1_fast.toy.world import ToyWorld
@@ -28,9 +30,15 @@ def fresh():
     return world, attrs
 
 
+STUDENTS = ("ode", "dmd", "re_dmd", "stream_r1")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
 def test_shipped_weights_fit_the_budget():
     files = sorted(WEIGHTS.glob("*.safetensors"))
-    assert {"codec.safetensors", "teacher.safetensors", "reward.safetensors"} <= {f.name for f in files}
+    shipped = {"codec.safetensors", "teacher.safetensors", "reward.safetensors"}
+    shipped |= {f"student_{name}.safetensors" for name in STUDENTS}
+    assert shipped <= {f.name for f in files}
     assert sum(f.stat().st_size for f in files) <= 25 * 2**20
 
 
@@ -41,6 +49,48 @@ def test_teacher_loads_and_predicts():
     x = torch.randn(1, 16, 3, 16, 16)
     v = model(x, 500.0, ToyTextEncoder()(["a small red circle moving left fast on a black background"])).sample
     assert v.shape == x.shape and torch.isfinite(v).all()
+
+
+def _metadata(path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_shipped_students_load_and_stream(name):
+    """Each shipped student has the teacher's architecture, says how it was made, and streams."""
+    from stream_r1_fast.inference import StreamingPipeline
+    from stream_r1_fast.toy.codec import ToyCodec
+    from stream_r1_fast.training.config import TrainConfig
+
+    path = WEIGHTS / f"student_{name}.safetensors"
+    student, teacher = load_transformer_file(path), load_teacher()
+    assert dict(student.config) == dict(teacher.config)
+    meta = _metadata(path)
+    if name == "ode":
+        assert meta["kind"].startswith("causal student, ODE-regression") and meta["seed"] == "0"
+    else:
+        recipe = TrainConfig.from_yaml(CONFIGS / f"toy_{name}.yaml")
+        assert meta["method"] == name and meta["init"] == "student_ode.safetensors" and meta["seed"] == "0"
+        assert int(meta["steps"]) == recipe.train.steps
+    pipe = StreamingPipeline(student, ToyCodec.pretrained(), ToyTextEncoder())
+    frames = pipe.generate(["a small red circle moving left fast on a black background"], 9, height=32, width=32,
+                           seed=[0])
+    assert frames.shape == (1, 9, 32, 32, 3) and frames.dtype == torch.uint8
+    assert int(frames.max()) > int(frames.min()), "a blank video"
+
+
+def test_shipped_students_are_trained():
+    """ODE regression moved the student off the teacher, and every distillation moved it off the
+    ODE initialisation (by more than weight decay: relative change of the whole weight vector)."""
+    def flat(path):
+        return torch.cat([p.flatten() for p in load_transformer_file(path).state_dict().values()])
+
+    teacher, ode = flat(WEIGHTS / "teacher.safetensors"), flat(WEIGHTS / "student_ode.safetensors")
+    assert float((ode - teacher).norm() / teacher.norm()) > 1e-2
+    for name in STUDENTS[1:]:
+        student = flat(WEIGHTS / f"student_{name}.safetensors")
+        assert float((student - ode).norm() / ode.norm()) > 1e-3, name
 
 
 def test_reward_interface_and_pixel_gradient(reward, fresh):

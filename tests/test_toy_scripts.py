@@ -1,6 +1,7 @@
 """Each toy training script runs a few steps (--steps) and writes loadable weights."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,40 @@ def test_train_student_rejects_a_config_of_another_method(tmp_path):
     with pytest.raises(SystemExit, match="weighting.mode is 'dmd'"):
         _script("train_student").main(["--method", "stream_r1", "--config",
                                        str(SCRIPTS.parents[1] / "configs" / "toy_dmd.yaml"), "--run-dir", str(tmp_path)])
+
+
+def test_compare_evaluates_runs_and_writes_the_report(tmp_path):
+    """The comparison on existing runs (the shipped students standing in for one seed's), at a
+    tiny size: every generator and cache policy is scored, the report and plots are written."""
+    import json
+
+    from stream_r1_fast.toy.evaluate import POLICIES
+
+    runs = tmp_path / "runs" / "seed0"
+    runs.mkdir(parents=True)
+    (runs / "student_ode.safetensors").symlink_to(WEIGHTS / "student_ode.safetensors")
+    for m in ("dmd", "re_dmd", "stream_r1"):
+        (runs / m).mkdir()
+        (runs / m / f"student_{m}.safetensors").symlink_to(WEIGHTS / f"student_{m}.safetensors")
+    out = tmp_path / "report"
+    _script("compare").main(["--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(out), "--skip-training",
+                             "--clips", "2", "--long-factor", "2", "--long-clips", "1", "--windows", "2",
+                             "--threads", "1"])
+    data = json.loads((out / "results.json").read_text())
+    (seed,) = data["per_seed"]
+    assert list(seed["generators"]) == ["teacher", "ode", "dmd", "re_dmd", "stream_r1"]
+    for name, metrics in seed["generators"].items():
+        assert 0.0 <= metrics["color"] <= 1.0 and 0.0 <= metrics["count"] <= 1.0, name
+        assert all(math.isfinite(v) for v in metrics.values()), name
+    assert list(seed["long"]) == list(POLICIES)
+    for label, run in seed["long"].items():
+        assert run["starts"] == [0, 33] and len(run["windows"]) == 2, label
+    # Before the first eviction (the first 33 frames fill 6 cached latent frames) every sink
+    # policy attends to the same frames: the first windows agree exactly.
+    assert seed["long"]["EMA-Sink"]["windows"][0] == seed["long"]["static sink"]["windows"][0]
+    # ... and the distilled students are not the ODE initialisation.
+    assert seed["generators"]["stream_r1"] != seed["generators"]["ode"]
+    md = (out / "results.md").read_text()
+    assert "| Stream-R1 |" in md and "| no sink |" in md and "mean ± std" in md
+    for png in ("methods.png", "long_rollouts.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
 """The papers' comparison in miniature, on the toy world (DESIGN.md section 4).
 
-    python scripts/toy/compare.py --seeds 0 1 2 --jobs 2           # train what is missing, evaluate
+    python scripts/toy/compare.py --seeds 0 1 2 --jobs 3           # train what is missing, evaluate
     python scripts/toy/compare.py --seeds 0 1 2 --skip-training    # evaluate existing runs only
 
 Per seed s (everything below is reproducible from s):
@@ -214,9 +214,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, help="distillation steps (default: the configs')")
     ap.add_argument("--ode-pairs", type=int, default=512)
     ap.add_argument("--ode-steps", type=int, default=600)
-    ap.add_argument("--clips", type=int, default=32, help="evaluation captions per seed")
+    ap.add_argument("--clips", type=int, default=64, help="evaluation captions per seed")
     ap.add_argument("--long-factor", type=int, default=50, help="long rollouts: multiples of the 33-frame training length")
-    ap.add_argument("--long-clips", type=int, default=8)
+    ap.add_argument("--long-clips", type=int, default=16)
     ap.add_argument("--long-student", default="stream_r1", choices=("ode",) + METHODS)
     ap.add_argument("--windows", type=int, default=8, help="scored 33-frame windows along each long rollout")
     ap.add_argument("--threads", type=int, default=2)

@@ -6,11 +6,13 @@ Writes ``video.mp4``, ``video.gif`` and ``contact_sheet.png`` (frames upscaled, 
 caption above), prints the oracle metrics (:mod:`stream_r1_fast.toy.oracle`), the reward
 model's normalised VQ / MQ / TA and the generation speed.
 
-Which generator: a causal student (``weights/student_<name>.safetensors``, preferring
-Stream-R1, then Re-DMD, then DMD) streams through :class:`StreamingPipeline` with the EMA-Sink
-cache, 4 steps per chunk, and the FPS printed is streaming FPS. Until students ship, the
-bidirectional teacher is sampled instead — the whole clip at once, ``--steps`` Euler steps
-with guidance — and the FPS printed is frames generated per second of wall time, not streaming.
+Which generator: by default the shipped Stream-R1 student (``weights/student_stream_r1.safetensors``;
+else Re-DMD, else DMD, whichever is present) streams through :class:`StreamingPipeline` with
+the EMA-Sink cache, 4 steps per chunk, and the speed printed is streaming speed with the time to
+the first decoded chunk. ``--generator teacher`` samples the bidirectional teacher instead — the
+whole clip at once, ``--steps`` Euler steps with guidance ``--cfg`` — and the speed printed is
+frames generated per second of wall time, not streaming; ``--generator PATH`` streams any
+student file.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float,
         noise = torch.randn(1, codec.latent_channels, latent_frames, world.height // s, world.width // s, generator=g)
         x0 = euler_sample(model, text([prompt]), text([""]), noise, steps=steps, cfg=cfg)
         video = ((codec.decode(x0)[0].permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1)
-        what = (f"bidirectional teacher, whole clip at once ({steps} Euler steps, guidance {cfg}; "
-                "no causal student shipped yet, so this is not streaming)")
+        what = f"bidirectional teacher, whole clip at once ({steps} Euler steps, guidance {cfg}; not streaming)"
     fps = video.shape[0] / (time.perf_counter() - start)
     return video, what, fps, first
 
