@@ -117,5 +117,12 @@ def test_compare_evaluates_runs_and_writes_the_report(tmp_path):
     assert seed["generators"]["stream_r1"] != seed["generators"]["ode"]
     md = (out / "results.md").read_text()
     assert "| Stream-R1 |" in md and "| no sink |" in md and "mean ± std" in md
+    assert "| no sink | after the first |" in md and "| Stream-R1 - DMD |" in md
+    gens, paired = seed["generators"], data["summary"]["paired"]
+    assert paired["stream_r1 - dmd"]["reward_MQ"] == [gens["stream_r1"]["reward_MQ"] - gens["dmd"]["reward_MQ"]]
     for png in ("methods.png", "long_rollouts.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The report is a function of results.json alone.
+    (out / "results.md").unlink()
+    _script("compare").main(["--out", str(out), "--report-only"])
+    assert (out / "results.md").read_text() == md

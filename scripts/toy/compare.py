@@ -17,7 +17,8 @@ Per seed s (everything below is reproducible from s):
    (6 cached latent frames each), scored on 33-frame windows along the video.
 
 Writes ``<out>/results.json`` (every number per seed), ``<out>/results.md`` (mean +- std over
-seeds), ``<out>/methods.png`` and ``<out>/long_rollouts.png``.
+seeds), ``<out>/methods.png`` and ``<out>/long_rollouts.png``; ``--report-only`` rewrites the
+last three from an existing results.json.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ SCRIPTS = ROOT / "scripts" / "toy"
 METHODS = ("dmd", "re_dmd", "stream_r1")
 LABELS = {"teacher": "teacher (24 steps)", "ode": "ODE init", "dmd": "DMD", "re_dmd": "Re-DMD",
           "stream_r1": "Stream-R1"}
+# Paired comparisons (same captions and noise within a seed): generator a - generator b, and for
+# the long rollouts cache a - cache b on the mean of the windows after the first.
+PAIRS = (("dmd", "ode"), ("dmd", "teacher"), ("re_dmd", "dmd"), ("stream_r1", "dmd"), ("stream_r1", "re_dmd"))
+CACHE_PAIRS = (("EMA-Sink", "no sink"), ("EMA-Sink", "static sink"), ("EMA-Sink", "EMA-Sink a=0.99"))
+PAIRED_METRICS = ("count", "color", "shape", "direction", "speed", "smoothness", "dynamic_degree", "background_error",
+                  "reward_VQ", "reward_MQ", "reward_TA")
 # The metrics shown, and whether higher is better.
 METRICS = {"count": True, "color": True, "shape": True, "direction": True, "speed": True, "smoothness": True,
            "dynamic_degree": True, "frame_copy_rate": False, "background_error": False, "drift": False,
@@ -122,10 +129,21 @@ def summarise(results: list[dict]) -> dict:
             "starts": results[0]["long"][label]["starts"],
             "windows": [{k: _stats([r["long"][label]["windows"][w][k] for r in results]) for k in METRICS}
                         for w in range(windows)],
+            # Per seed, the mean over every window after the first (all past the first eviction):
+            # 16 captions x 7 windows per seed instead of one window's 16 captions.
+            "later": {k: _stats([statistics.fmean(w[k] for w in r["long"][label]["windows"][1:]) for r in results])
+                      for k in METRICS},
             "drift": _stats([r["long"][label]["drift"] for r in results]),
             "frame_copy_rate": _stats([r["long"][label]["frame_copy_rate"] for r in results]),
         }
-    return {"table": table, "fps": fps, "long": long}
+    paired = {f"{a} - {b}": {k: [r["generators"][a][k] - r["generators"][b][k] for r in results]
+                             for k in PAIRED_METRICS}
+              for a, b in PAIRS if a in names and b in names}
+    paired_long = {f"{a} - {b}": {k: [statistics.fmean(w[k] for w in r["long"][a]["windows"][1:])
+                                      - statistics.fmean(w[k] for w in r["long"][b]["windows"][1:]) for r in results]
+                                  for k in PAIRED_METRICS}
+                   for a, b in CACHE_PAIRS if a in long and b in long}
+    return {"table": table, "fps": fps, "long": long, "paired": paired, "paired_long": paired_long}
 
 
 def _fmt(ms: tuple[float, float], signed: bool = False) -> str:
@@ -141,18 +159,27 @@ def write_markdown(summary: dict, meta: dict, path: Path) -> None:
     for name, row in summary["table"].items():
         cells = [_fmt(row[k], k.startswith("reward")) for k in cols]
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {summary['fps'][name][0]:.0f} |")
+    keys = ("count", "color", "shape", "direction", "dynamic_degree", "background_error", "reward_VQ", "reward_MQ",
+            "reward_TA")
     lines += ["", f"Long rollouts ({meta['long_factor']}x the 33-frame training length, {meta['long_clips']} captions "
-              f"per seed, student: {LABELS[meta['long_student']]}); first and last 33-frame window:", "",
-              "| cache | window | count | color | shape | direction | dynamic_degree | background_error | reward_VQ | "
-              "reward_MQ | reward_TA |", "|---" * 11 + "|"]
+              f"per seed, student: {LABELS[meta['long_student']]}), scored on {meta['windows']} 33-frame windows "
+              "spread along the video: the first window (before any eviction, the same for every cache), the "
+              "last, and the mean of all windows after the first:", "",
+              "| cache | window | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for label, data in summary["long"].items():
-        for which, w in (("first", data["windows"][0]), ("last", data["windows"][-1])):
-            keys = ("count", "color", "shape", "direction", "dynamic_degree", "background_error", "reward_VQ",
-                    "reward_MQ", "reward_TA")
+        for which, w in (("first", data["windows"][0]), ("last", data["windows"][-1]), ("after the first", data["later"])):
             lines.append(f"| {label} | {which} | " + " | ".join(_fmt(w[k], k.startswith("reward")) for k in keys) + " |")
     lines += ["", "| cache | drift (whole video) | frame-copy rate |", "|---|---|---|"]
     for label, data in summary["long"].items():
         lines.append(f"| {label} | {_fmt(data['drift'])} | {_fmt(data['frame_copy_rate'])} |")
+    for title, table in (("generators", summary["paired"]), ("long rollouts, windows after the first", summary["paired_long"])):
+        lines += ["", f"Paired differences, {title}: a - b per seed (seeds {meta['seeds']}; the same captions and "
+                  "noise within a seed). Background error: lower is better.", "",
+                  "| a - b | " + " | ".join(PAIRED_METRICS) + " |", "|---" * (len(PAIRED_METRICS) + 1) + "|"]
+        for pair, diffs in table.items():
+            pretty = " - ".join(LABELS.get(n, n) for n in pair.split(" - "))
+            lines.append(f"| {pretty} | " + " | ".join(" ".join(f"{d:+.2f}" for d in diffs[k]) for k in PAIRED_METRICS)
+                         + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -183,20 +210,27 @@ def plot(summary: dict, meta: dict, out: Path) -> list[Path]:
     plt.close(fig)
 
     long_keys = ("color", "count", "shape", "dynamic_degree", "background_error", "reward_MQ")
-    fig, axes = plt.subplots(1, len(long_keys), figsize=(3.0 * len(long_keys), 3.2))
-    for ax, k in zip(axes, long_keys):
-        for label, data in summary["long"].items():
+    fig, axes = plt.subplots(2, len(long_keys), figsize=(3.0 * len(long_keys), 6.2))
+    labels = list(summary["long"])
+    for ax, bar, k in zip(axes[0], axes[1], long_keys):
+        for i, (label, data) in enumerate(summary["long"].items()):
             x = [s / 33 for s in data["starts"]]
             m = [w[k][0] for w in data["windows"]]
             s = [w[k][1] for w in data["windows"]]
-            ax.plot(x, m, marker="o", ms=3, label=label)
-            ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.2)
-        ax.set_title(k, fontsize=9)
+            ax.plot(x, m, marker="o", ms=3, label=label, color=f"C{i}")
+            ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15, color=f"C{i}")
+        ax.set_title(f"{k} per window", fontsize=9)
         ax.set_xlabel("window start (x training length)", fontsize=7)
         ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7)
+        bar.bar(range(len(labels)), [summary["long"][n]["later"][k][0] for n in labels],
+                yerr=[summary["long"][n]["later"][k][1] for n in labels], color=[f"C{i}" for i in range(len(labels))],
+                capsize=3)
+        bar.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        bar.set_title(f"{k}, later windows", fontsize=8)
+        bar.tick_params(axis="y", labelsize=7)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Long rollouts ({meta['long_factor']}x training length), {LABELS[meta['long_student']]} student, "
-                 f"33-frame windows, mean ± std over seeds", fontsize=10)
+                 "33-frame windows (bottom: mean of the windows after the first), mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     paths.append(out / "long_rollouts.png")
     fig.savefig(paths[-1], dpi=110)
@@ -220,9 +254,15 @@ def main(argv=None) -> None:
     ap.add_argument("--long-student", default="stream_r1", choices=("ode",) + METHODS)
     ap.add_argument("--windows", type=int, default=8, help="scored 33-frame windows along each long rollout")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite results.md and the plots from <out>/results.json (no training, no evaluation)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     runs, out = Path(args.runs), Path(args.out)
+    if args.report_only:
+        data = json.loads((out / "results.json").read_text())
+        report(data["per_seed"], data["meta"], out)
+        return
     if not args.skip_training:
         print(f"training seeds {args.seeds} ({args.jobs} at a time)", flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -230,12 +270,18 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print("evaluating", flush=True)
     results = [evaluate_seed(s, runs, args) for s in args.seeds]
-    summary = summarise(results)
     meta = {"seeds": args.seeds, "clips": args.clips, "long_factor": args.long_factor, "long_clips": args.long_clips,
-            "long_student": args.long_student, "torch": torch.__version__, "python": platform.python_version(),
+            "windows": args.windows, "long_student": args.long_student, "torch": torch.__version__, "python": platform.python_version(),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "command": "python scripts/toy/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "seconds": time.perf_counter() - start}
+    report(results, meta, out)
+
+
+def report(results: list[dict], meta: dict, out: Path) -> None:
+    """results.json (every number per seed + the summary), results.md and the plots."""
+    meta = {"windows": len(results[0]["long"][next(iter(results[0]["long"]))]["windows"]), **meta}
+    summary = summarise(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "per_seed": results, "summary": summary}, indent=1))
     write_markdown(summary, meta, out / "results.md")
