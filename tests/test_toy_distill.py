@@ -411,3 +411,50 @@ def test_cli_train_on_the_toy_world(tmp_path, capsys):
     assert (run / "checkpoints" / "step_00000001" / "COMPLETE").is_file()
     lines = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(lines) == 2 and "critic_loss" in lines[0]
+
+
+# ----------------------------------------------------------------------------- Stream-R1's ablation recipes
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.parametrize("name,knobs", [("stream_r1_inter", {"weighting.gamma_t": 0.0, "weighting.gamma_s": 0.0}),
+                                        ("stream_r1_intra", {"weighting.beta": 0.0})])
+def test_ablation_recipes_change_one_knob_of_stream_r1(name, knobs):
+    full = _flat(yaml.safe_load((CONFIGS / "toy_stream_r1.yaml").read_text()))
+    ablation = _flat(yaml.safe_load((CONFIGS / f"toy_{name}.yaml").read_text()))
+    changed = {k: v for k, v in ablation.items() if full.get(k, "absent") != v}
+    assert changed == {**knobs, "train.output_dir": f"runs/toy/{name}"}
+    assert set(full) <= set(ablation)
+
+
+def test_ablation_recipes_switch_off_one_level():
+    """inter only: the weight is exp(2 r) on every latent of a rollout; intra only: W_intra alone
+    (mean 1 per rollout, not uniform), the same saliency map as the full recipe's."""
+    from stream_r1_fast.toy.reward import ToyRewardModel
+    from stream_r1_fast.toy.world import ToyWorld
+    from stream_r1_fast.training.weighting import Weighting
+
+    videos, attrs = ToyWorld().batch(3, seed=11)
+    video = videos.clamp(0, 1)
+    prompts = [a.caption for a in attrs]
+    shape = (3, 16, 9, 8, 8)
+    reward = ToyRewardModel.pretrained()
+    made = {n: Weighting(TrainConfig.from_yaml(CONFIGS / f"toy_{n}.yaml").weighting, reward, (4, 4))(video, prompts, shape)
+            for n in ("stream_r1", "stream_r1_inter", "stream_r1_intra")}
+    (full, full_logs), (inter, inter_logs), (intra, intra_logs) = made.values()
+    for w in (full, inter, intra):
+        assert w.shape == (3, 1, 9, 8, 8) and torch.isfinite(w).all()
+    per_sample = inter.flatten(1)
+    torch.testing.assert_close(per_sample, per_sample[:, :1].expand_as(per_sample))
+    torch.testing.assert_close(per_sample[:, 0], inter_logs["w_inter"].to(per_sample))
+    torch.testing.assert_close(intra_logs["w_inter"], torch.ones(3, dtype=intra_logs["w_inter"].dtype))
+    torch.testing.assert_close(intra.flatten(1).mean(1), torch.ones(3, dtype=intra.dtype))
+    assert float(intra.flatten(1).std(1).min()) > 0.05, "the saliency weights are not uniform"
+    # The full recipe is the product of its two levels (same rewards, same saliency maps).
+    torch.testing.assert_close(full, inter * intra)

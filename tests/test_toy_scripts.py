@@ -85,8 +85,8 @@ def test_train_student_rejects_a_config_of_another_method(tmp_path):
 
 
 def test_compare_evaluates_runs_and_writes_the_report(tmp_path):
-    """The comparison on existing runs (the shipped students standing in for one seed's), at a
-    tiny size: every generator and cache policy is scored, the report and plots are written."""
+    """The comparison on existing runs (the shipped students standing in for one seed's; the
+    shipped Stream-R1 student for the ablations too), at a tiny size: every generator and cache policy is scored, the report and plots are written."""
     import json
 
     from stream_r1_fast.toy.evaluate import POLICIES
@@ -94,16 +94,19 @@ def test_compare_evaluates_runs_and_writes_the_report(tmp_path):
     runs = tmp_path / "runs" / "seed0"
     runs.mkdir(parents=True)
     (runs / "student_ode.safetensors").symlink_to(WEIGHTS / "student_ode.safetensors")
-    for m in ("dmd", "re_dmd", "stream_r1"):
+    for m in ("dmd", "re_dmd", "stream_r1", "stream_r1_inter", "stream_r1_intra"):
         (runs / m).mkdir()
-        (runs / m / f"student_{m}.safetensors").symlink_to(WEIGHTS / f"student_{m}.safetensors")
+        shipped = m if m in ("dmd", "re_dmd") else "stream_r1"  # the ablations do not ship
+        (runs / m / f"student_{m}.safetensors").symlink_to(WEIGHTS / f"student_{shipped}.safetensors")
     out = tmp_path / "report"
     _script("compare").main(["--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(out), "--skip-training",
                              "--clips", "2", "--long-factor", "2", "--long-clips", "1", "--windows", "2",
                              "--threads", "1"])
     data = json.loads((out / "results.json").read_text())
     (seed,) = data["per_seed"]
-    assert list(seed["generators"]) == ["teacher", "ode", "dmd", "re_dmd", "stream_r1"]
+    assert list(seed["generators"]) == ["teacher", "ode", "dmd", "re_dmd", "stream_r1", "stream_r1_inter",
+                                        "stream_r1_intra"]
+    assert seed["generators"]["stream_r1_inter"] == seed["generators"]["stream_r1"]  # the same file: the same scores
     for name, metrics in seed["generators"].items():
         assert 0.0 <= metrics["color"] <= 1.0 and 0.0 <= metrics["count"] <= 1.0, name
         assert all(math.isfinite(v) for v in metrics.values()), name

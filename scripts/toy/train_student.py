@@ -1,4 +1,5 @@
-"""Distil the toy teacher into a causal student by DMD, Re-DMD or Stream-R1.
+"""Distil the toy teacher into a causal student by DMD, Re-DMD or Stream-R1 (or one of
+Stream-R1's two levels alone: ``stream_r1_inter``, ``stream_r1_intra``).
 
     python scripts/toy/train_student.py --method stream_r1 --seed 0 \
         --init runs/toy/seed0/student_ode.safetensors --run-dir runs/toy/seed0/stream_r1
@@ -22,12 +23,14 @@ from stream_r1_fast.toy.models import WEIGHTS, save_transformer
 from stream_r1_fast.training.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-METHODS = ("dmd", "re_dmd", "stream_r1")
+# recipe (configs/toy_<recipe>.yaml) -> the weighting.mode it must have
+RECIPES = {"dmd": "dmd", "re_dmd": "re_dmd", "stream_r1": "stream_r1", "stream_r1_inter": "stream_r1",
+           "stream_r1_intra": "stream_r1"}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=METHODS, required=True)
+    ap.add_argument("--method", choices=list(RECIPES), required=True)
     ap.add_argument("--config", help="default: configs/toy_<method>.yaml")
     ap.add_argument("--steps", type=int, help="default: the config's train.steps")
     ap.add_argument("--batch", type=int, help="rollouts per step (default: the config's optim.batch_size)")
@@ -41,8 +44,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
 
     config = TrainConfig.from_yaml(args.config or CONFIGS / f"toy_{args.method}.yaml")
-    if config.weighting.mode != args.method:
-        raise SystemExit(f"{args.config}: weighting.mode is {config.weighting.mode!r}, not {args.method!r}")
+    if config.weighting.mode != RECIPES[args.method]:
+        raise SystemExit(f"{args.config}: weighting.mode is {config.weighting.mode!r}, not {RECIPES[args.method]!r}")
     config.train.seed = args.seed
     if args.steps is not None:
         config.train.steps = args.steps
