@@ -123,6 +123,12 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _later(run: dict, key: str) -> float:
+    """One seed's long rollout: the mean of ``key`` over every window after the first (all past
+    the first eviction; 7 windows of the captions instead of one window's)."""
+    return statistics.fmean(w[key] for w in run["windows"][1:])
+
+
 def summarise(results: list[dict]) -> dict:
     names = list(results[0]["generators"])
     table = {n: {k: _stats([r["generators"][n][k] for r in results]) for k in METRICS} for n in names}
@@ -134,18 +140,14 @@ def summarise(results: list[dict]) -> dict:
             "starts": results[0]["long"][label]["starts"],
             "windows": [{k: _stats([r["long"][label]["windows"][w][k] for r in results]) for k in METRICS}
                         for w in range(windows)],
-            # Per seed, the mean over every window after the first (all past the first eviction):
-            # 16 captions x 7 windows per seed instead of one window's 16 captions.
-            "later": {k: _stats([statistics.fmean(w[k] for w in r["long"][label]["windows"][1:]) for r in results])
-                      for k in METRICS},
+            "later": {k: _stats([_later(r["long"][label], k) for r in results]) for k in METRICS},
             "drift": _stats([r["long"][label]["drift"] for r in results]),
             "frame_copy_rate": _stats([r["long"][label]["frame_copy_rate"] for r in results]),
         }
     paired = {f"{a} - {b}": {k: [r["generators"][a][k] - r["generators"][b][k] for r in results]
                              for k in PAIRED_METRICS}
               for a, b in PAIRS if a in names and b in names}
-    paired_long = {f"{a} - {b}": {k: [statistics.fmean(w[k] for w in r["long"][a]["windows"][1:])
-                                      - statistics.fmean(w[k] for w in r["long"][b]["windows"][1:]) for r in results]
+    paired_long = {f"{a} - {b}": {k: [_later(r["long"][a], k) - _later(r["long"][b], k) for r in results]
                                   for k in PAIRED_METRICS}
                    for a, b in CACHE_PAIRS if a in long and b in long}
     return {"table": table, "fps": fps, "long": long, "paired": paired, "paired_long": paired_long}
@@ -276,7 +278,7 @@ def main(argv=None) -> None:
     print("evaluating", flush=True)
     results = [evaluate_seed(s, runs, args) for s in args.seeds]
     meta = {"seeds": args.seeds, "clips": args.clips, "long_factor": args.long_factor, "long_clips": args.long_clips,
-            "windows": args.windows, "long_student": args.long_student, "torch": torch.__version__, "python": platform.python_version(),
+            "long_student": args.long_student, "torch": torch.__version__, "python": platform.python_version(),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "command": "python scripts/toy/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "seconds": time.perf_counter() - start}
@@ -285,7 +287,7 @@ def main(argv=None) -> None:
 
 def report(results: list[dict], meta: dict, out: Path) -> None:
     """results.json (every number per seed + the summary), results.md and the plots."""
-    meta = {"windows": len(results[0]["long"][next(iter(results[0]["long"]))]["windows"]), **meta}
+    meta = {**meta, "windows": len(next(iter(results[0]["long"].values()))["windows"])}
     summary = summarise(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "per_seed": results, "summary": summary}, indent=1))
