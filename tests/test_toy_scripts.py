@@ -22,13 +22,6 @@ def _script(name):
     return module
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_fit_codec(tmp_path):
     out = tmp_path / "codec.safetensors"
     _script("fit_codec").main(["--clips", "4", "--out", str(out)])
