@@ -75,41 +75,91 @@ def test_critic_loss_is_flow_matching():
     torch.testing.assert_close(loss, ((fake((1 - s) * x + s * eps, t) - (eps - x)) ** 2).mean())
 
 
-def _balance_reference(history: list[list[float]], entries: int, lam: float, r: np.ndarray) -> np.ndarray:
-    if entries < 50 or any(len(h) < 4 for h in history):
-        p = 0.0
-    else:
+class OfficialBalance:
+    """An independent re-statement of Stream-R1's official BalancedOverall penalty (its
+    ``_apply_balance_penalty``): one call per training step with that step's (normalised) reward
+    per axis; the step counter and the append come first; after ``warmup`` steps with >= 4
+    entries per axis, ``delta = mean(recent half) - mean(early half)`` per axis (early half
+    ``len // 2`` entries, at least 1) and the penalty is ``torch.std`` of the deltas (unbiased)."""
+
+    def __init__(self, window=50, warmup=50, lam=0.5):
+        from collections import deque
+
+        self.hist = [deque(maxlen=window) for _ in range(3)]
+        self.step, self.warmup, self.lam = 0, warmup, lam
+
+    def __call__(self, step_rewards):
+        self.step += 1
+        for h, v in zip(self.hist, step_rewards):
+            h.append(float(v))
+        if self.step < self.warmup or any(len(h) < 4 for h in self.hist):
+            return 0.0
         deltas = []
-        for h in history:
-            h = np.asarray(h[-50:])
-            half = len(h) // 2
-            deltas.append(h[half:].mean() - h[:half].mean())
-        p = float(np.std(deltas))
-    return r.mean(-1) - lam * p
+        for h in self.hist:
+            h = list(h)
+            half = max(1, len(h) // 2)
+            deltas.append(sum(h[half:]) / max(1, len(h) - half) - sum(h[:half]) / half)
+        return float(torch.tensor(deltas, dtype=torch.float64).std())
 
 
-def test_adaptive_balance_matches_reference():
+def test_adaptive_balance_official_example():
+    """Per-step rewards [0.01 s, 0, -0.01 s], s = 0..49: the official penalty is 0.25 (the
+    sample std of the deltas [0.25, 0, -0.25]); a population std would give 0.204."""
+    bal, official = AdaptiveBalance(), OfficialBalance()
+    for s in range(50):
+        r = [0.01 * s, 0.0, -0.01 * s]
+        bal.record(torch.tensor([r], dtype=torch.float64), step=s)
+        want = official(r)
+        assert bal.penalty() == pytest.approx(want, abs=1e-12)
+    assert bal.penalty() == pytest.approx(0.25, abs=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 64])
+def test_adaptive_balance_counts_steps_not_samples(batch):
+    """Any global batch size: one entry per step (the batch mean), warm-up after 50 steps, the
+    same P as the official code fed the step means — at 64 samples per step the window still
+    spans 50 steps of progress (a per-sample window would hold less than one step)."""
+    rng = np.random.default_rng(batch)
+    bal, official = AdaptiveBalance(), OfficialBalance()
+    trend = np.array([0.02, 0.0, -0.01])
+    for s in range(80):
+        r = rng.normal(size=(batch, 3)) * 0.1 + trend * s
+        bal.record(torch.tensor(r), step=s)
+        want = official(r.mean(0))
+        assert bal.penalty() == pytest.approx(want, rel=1e-9, abs=1e-12), s
+        assert (bal.penalty() == 0.0) == (s < 49)
+    assert bal.steps == 80 and all(len(h) == 50 for h in bal.history)
+    assert bal.penalty() > 0.3  # the trend of 50 steps: deltas ~ [0.5, 0, -0.25]
+
+
+def test_adaptive_balance_micro_batches_make_one_entry():
+    """Gradient accumulation: micro-batches of one step (same step id) give one entry, the mean
+    of all the step's finite rewards; a NaN is left out of its axis only."""
     rng = np.random.default_rng(0)
-    bal = AdaptiveBalance()
-    hist = [[], [], []]
-    entries = 0
-    for step in range(40):
-        r = rng.normal(size=(2, 3)) + np.linspace(0, 1, 3) * step / 10
-        if step == 7:
-            r[0, 1] = np.nan  # skipped in the MQ window
-        bal.push(torch.tensor(r))
-        for row in r:
-            for a, v in enumerate(row):
-                if np.isfinite(v):
-                    hist[a].append(v)
-            entries += 1
-        got = bal.combined(torch.tensor(r)).numpy()
-        np.testing.assert_allclose(got, _balance_reference(hist, entries, 0.5, r), rtol=1e-12)
-    assert bal.penalty() > 0
-    state = bal.state_dict()
-    other = AdaptiveBalance()
+    split, whole = AdaptiveBalance(warmup=5), AdaptiveBalance(warmup=5)
+    for s in range(12):
+        r = rng.normal(size=(6, 3))
+        if s == 3:
+            r[1, 1] = np.nan
+        for part in np.split(r, 3):
+            split.record(torch.tensor(part), step=s)
+        whole.record(torch.tensor(r), step=s)
+        assert split.penalty() == pytest.approx(whole.penalty(), rel=1e-12, abs=1e-15)
+        np.testing.assert_allclose(split.history[1][-1], np.nanmean(r[:, 1]), rtol=1e-12)
+    assert split.steps == 12 and len(split.history[0]) == 12
+    state = split.state_dict()
+    other = AdaptiveBalance(warmup=5)
     other.load_state_dict(state)
-    assert other.penalty() == bal.penalty() and other.state_dict() == state
+    assert other.penalty() == split.penalty() and other.state_dict() == state
+
+
+def test_adaptive_balance_combined():
+    bal = AdaptiveBalance(warmup=4, min_per_axis=4)
+    for s in range(6):
+        bal.record(torch.tensor([[s * 0.1, 0.0, -s * 0.05]], dtype=torch.float64), step=s)
+    r = torch.tensor([[0.3, -0.1, 0.4]], dtype=torch.float64)
+    assert bal.penalty() > 0
+    torch.testing.assert_close(bal.combined(r), r.mean(-1) - 0.5 * bal.penalty())
 
 
 def _video(seed=0):
@@ -131,20 +181,20 @@ def test_stream_r1_weights_and_gradient_match_reference():
     cfg = WeightingConfig(mode="stream_r1", balance_warmup=2, balance_min_per_axis=2)
     wt = Weighting(cfg, reward, (4, 4))
     video = _video()
-    # Fill the balance so that P != 0 on the step under test.
-    for seed in (1, 2):
-        wt(_video(seed), ["a", "b"], (B, C, F, H, W))
-    hist = [list(h) for h in wt.balance.history]
-    w, _ = wt(video, ["a", "b"], (B, C, F, H, W))
+    # Fill the balance so that P != 0 on the step under test (one step per call).
+    official = OfficialBalance(warmup=2)
+    for step, seed in enumerate((1, 2, 3)):
+        wt(_video(seed), ["a", "b"], (B, C, F, H, W), step=step)
+        official(reward.rewards(_video(seed), ["a", "b"]).normalized.double().mean(0).tolist())
+    w, _ = wt(video, ["a", "b"], (B, C, F, H, W), step=3)
 
     pixels = video.clone().requires_grad_(True)
     out = reward.rewards(pixels, ["a", "b"])
     grads = torch.stack([torch.autograd.grad(out.raw[:, a].sum(), pixels, retain_graph=True)[0] for a in range(3)])
     r = out.normalized.detach().double()
-    for a in range(3):
-        hist[a].extend(r[:, a].tolist())
-    deltas = [np.mean(h[len(h) // 2:]) - np.mean(h[: len(h) // 2]) for h in hist]
-    w_inter = torch.exp(2.0 * (r.mean(-1) - 0.5 * float(np.std(deltas))))
+    penalty = official(r.mean(0).tolist())
+    assert penalty > 0
+    w_inter = torch.exp(2.0 * (r.mean(-1) - 0.5 * penalty))
     axis_w = torch.softmax(-r.float(), -1)
     w_intra = saliency_weights_ref(grads, axis_w, "vae", 4, 4, 0.2, 0.15, 1.0, 1.0)[0].double()
     ref = w_inter.view(B, 1, 1, 1, 1) * w_intra[:, None]

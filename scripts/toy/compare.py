@@ -1,4 +1,4 @@
-"""The papers' comparison in miniature, on the toy world (DESIGN.md section 4).
+"""The papers' comparison in miniature, on the toy world (docs/toy_world.md).
 
     python scripts/toy/compare.py --seeds 0 1 2 --jobs 3           # train what is missing, evaluate
     python scripts/toy/compare.py --seeds 0 1 2 --skip-training    # evaluate existing runs only

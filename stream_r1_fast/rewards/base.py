@@ -1,4 +1,4 @@
-"""The one interface every reward model sits behind (DESIGN.md section 3).
+"""The one interface every reward model sits behind (docs/method.md, section 5).
 
 A reward model scores decoded videos on three axes, in this order: visual quality (VQ),
 motion quality (MQ) and text alignment (TA). It is differentiable with respect to the pixels,

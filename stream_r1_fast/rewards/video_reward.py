@@ -1,5 +1,5 @@
 """VideoAlign's VideoReward on transformers 5: a Qwen2-VL backbone and a bias-free linear head
-read at three special tokens (VQ, MQ, TA), DESIGN.md section 3.
+read at three special tokens (VQ, MQ, TA); see docs/method.md, section 5.
 
 Two parts:
 

@@ -1,4 +1,4 @@
-"""The toy world (DESIGN.md section 4): a procedural captioned-video world with tiny shipped
+"""The toy world (docs/toy_world.md): a procedural captioned-video world with tiny shipped
 models, so the whole method runs on a laptop CPU.
 
 world (clips + ground truth) -> codec (linear causal latents) -> text (caption embeddings) ->

@@ -1,6 +1,6 @@
 """Causal students of the toy teacher: the ODE-regression initialisation, and the toy world
 behind the training engine (:class:`~stream_r1_fast.training.Trainer`) for DMD, Re-DMD and
-Stream-R1 (DESIGN.md sections 3 and 4).
+Stream-R1 (docs/method.md, docs/toy_world.md).
 
 **ODE regression** (the CausVid / Self-Forcing initialisation). The teacher integrates its
 probability-flow ODE from noise to a clean clip on a grid that contains the student's four

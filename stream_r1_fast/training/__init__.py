@@ -1,4 +1,4 @@
-"""Training: DMD distillation with Self-Forcing rollouts, Re-DMD and Stream-R1 (DESIGN.md §3).
+"""Training: DMD distillation with Self-Forcing rollouts, Re-DMD and Stream-R1 (docs/method.md).
 
 ``dmd`` (the losses), ``weighting`` (reward weights), ``rollout`` (backward simulation),
 ``trainer`` (the loop), ``checkpoint`` (atomic saves), ``config`` (YAML dataclasses).

@@ -3,7 +3,7 @@
 Pure functions; the score networks come in as callables ``score(x_t, t) -> v`` that predict
 the flow-matching velocity ``v = eps - x0`` of latents ``x_t`` [B, C, F, H, W] at timesteps
 ``t`` [B] in [0, 1000] (the conditioning is bound by the caller). Noise level ``s = t / 1000``:
-``x_t = (1 - s) x0 + s eps``, ``x0_hat = x_t - s v`` (DESIGN.md sections 2 and 3).
+``x_t = (1 - s) x0 + s eps``, ``x0_hat = x_t - s v`` (docs/method.md, sections 1 and 3).
 """
 
 from __future__ import annotations

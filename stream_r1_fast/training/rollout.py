@@ -1,5 +1,5 @@
 """Self-Forcing backward simulation: the generator makes a whole video from noise, chunk by
-chunk, with its own EMA-Sink KV cache and the inference sampler's schedule (the same
+chunk, with its own KV cache (:func:`training_cache_policy`) and the inference sampler's schedule (the same
 :class:`~stream_r1_fast.cache.SinkKVCache` and ``forward_chunk`` code paths as
 :class:`~stream_r1_fast.inference.StreamingPipeline`).
 
@@ -20,6 +20,20 @@ import torch.distributed as dist
 
 from stream_r1_fast.cache import CachePolicy, SinkKVCache
 from stream_r1_fast.inference.sampler import FlowMatchSampler, Generators, randn
+
+
+def training_cache_policy(rollout) -> CachePolicy:
+    """The cache a training rollout uses (``rollout``: a RolloutConfig).
+
+    ``cache: full`` (the official recipe): a plain window that holds every frame before the
+    last chunk, so nothing is evicted or folded and positions are the frames' indices in the
+    rollout. ``cache: ema_sink``: the inference EMA-Sink cache of ``sink_frames`` +
+    ``window_frames`` slots with ``alpha``.
+    """
+    if rollout.cache == "ema_sink":
+        return CachePolicy(rollout.sink_frames, rollout.window_frames, rollout.alpha)
+    earlier = (rollout.num_chunks - 1) * rollout.chunk_frames
+    return CachePolicy(sink_frames=0, window_frames=max(earlier, rollout.chunk_frames), alpha=1.0)
 
 
 def draw_exit_step(num_steps: int, rng: random.Random, device=None) -> int:

@@ -1,5 +1,6 @@
 """Reward weights of the DMD loss: ``dmd`` (none), ``re_dmd`` (Reward Forcing) and
-``stream_r1`` (Inter-Reliability x Intra-Perplexity with the adaptive balance), DESIGN.md §3.
+``stream_r1`` (Inter-Reliability x Intra-Perplexity with the adaptive balance); formulas and
+defaults in docs/method.md.
 
 A weighting turns a decoded rollout into loss weights ``W`` [B, 1, F, h, w] (broadcast over
 latent channels) that :func:`stream_r1_fast.training.dmd.dmd_loss` multiplies in:
@@ -64,31 +65,54 @@ class WeightingConfig:
 
 
 class AdaptiveBalance:
-    """Stream-R1's adaptive balance: per axis, a window of the last ``window`` finite normalised
-    rewards. Once ``warmup`` entries were pushed and every axis holds ``>= min_per_axis``:
-    ``delta_k = mean(second half) - mean(first half)`` (the older half is the first; an odd
-    count gives the middle value to the second half) and ``P = std(delta)`` over the axes
-    (population std); before that P = 0. ``r = mean_k r_k - lambda * P``.
+    """Stream-R1's adaptive balance over the last ``window`` optimisation steps.
 
-    State (windows and entry count) is plain lists / ints: :meth:`state_dict` is JSON-able.
+    Per axis (VQ, MQ, TA) the history holds one entry per step: the mean of that step's finite
+    normalised rewards over the global batch (every rank sees the same rows, so every rank
+    computes the same P, on any number of ranks). Once ``warmup`` steps were recorded and every
+    axis holds ``>= min_per_axis`` entries (at least 2):
+    ``delta_k = mean(newer half) - mean(older half)`` (an odd count gives the extra entry to the
+    newer half), ``P = std(delta_VQ, delta_MQ, delta_TA)`` with the unbiased (n - 1) estimator,
+    as the official code's ``torch.Tensor.std``; before that P = 0. ``r = mean_k r_k - lambda * P``.
+    The current step's entry is recorded before P is computed (the official order).
+
+    Under gradient accumulation a step calls :meth:`record` once per micro-batch with the same
+    ``step``: the step's entry is then the running mean of its micro-batches so far (complete
+    after the last one). State is plain lists / numbers: :meth:`state_dict` is JSON-able.
+    See docs/method.md ("Adaptive balance").
     """
 
     def __init__(self, window: int = 50, warmup: int = 50, min_per_axis: int = 4, lam: float = 0.5, axes: int = 3):
         self.window, self.warmup, self.min_per_axis, self.lam = window, warmup, min_per_axis, lam
         self.history = [deque(maxlen=window) for _ in range(axes)]
-        self.entries = 0
+        self.steps = 0
+        # The current step: its id, and per axis the sum / count of its finite rewards so far.
+        self._step_id: int | None = None
+        self._sums = [0.0] * axes
+        self._counts = [0] * axes
 
-    def push(self, normalized: torch.Tensor) -> None:
-        """Add a batch of normalised rewards [B, A] (non-finite values are skipped)."""
+    def record(self, normalized: torch.Tensor, step: int | None = None) -> None:
+        """Add the normalised rewards [N, A] of (one micro-batch of) optimisation step ``step``
+        (``None``: every call is a step of its own). Non-finite values are left out."""
+        if step is None or step != self._step_id:
+            self.steps += 1
+            self._step_id = step
+            self._sums = [0.0] * len(self.history)
+            self._counts = [0] * len(self.history)
         for row in normalized.detach().double().cpu().tolist():
             for axis, value in enumerate(row):
                 if math.isfinite(value):
-                    self.history[axis].append(float(value))
-            self.entries += 1
+                    if self._counts[axis] == 0:
+                        self.history[axis].append(0.0)  # this step's entry, filled in below
+                    self._sums[axis] += value
+                    self._counts[axis] += 1
+        for axis, h in enumerate(self.history):
+            if self._counts[axis]:
+                h[-1] = self._sums[axis] / self._counts[axis]
 
     def penalty(self) -> float:
         """P (0 during warm-up)."""
-        if self.entries < self.warmup or any(len(h) < max(self.min_per_axis, 2) for h in self.history):
+        if self.steps < self.warmup or any(len(h) < max(self.min_per_axis, 2) for h in self.history):
             return 0.0
         deltas = []
         for h in self.history:
@@ -96,14 +120,15 @@ class AdaptiveBalance:
             half = len(vals) // 2
             deltas.append(sum(vals[half:]) / (len(vals) - half) - sum(vals[:half]) / half)
         mean = sum(deltas) / len(deltas)
-        return math.sqrt(sum((d - mean) ** 2 for d in deltas) / len(deltas))
+        return math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1))
 
     def combined(self, normalized: torch.Tensor) -> torch.Tensor:
         """``mean_k r_k - lambda * P`` per sample: [B, A] -> [B] (float64)."""
         return normalized.detach().double().mean(-1) - self.lam * self.penalty()
 
     def state_dict(self) -> dict:
-        return {"history": [list(h) for h in self.history], "entries": self.entries}
+        return {"history": [list(h) for h in self.history], "steps": self.steps, "step_id": self._step_id,
+                "sums": list(self._sums), "counts": list(self._counts)}
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["history"]) != len(self.history):
@@ -111,7 +136,12 @@ class AdaptiveBalance:
         for h, vals in zip(self.history, state["history"]):
             h.clear()
             h.extend(float(v) for v in vals)
-        self.entries = int(state["entries"])
+        axes = len(self.history)
+        # Checkpoints written before the history counted steps hold "entries" (samples) instead.
+        self.steps = int(state.get("steps", state.get("entries", 0)))
+        self._step_id = state.get("step_id")
+        self._sums = [float(v) for v in state.get("sums", [0.0] * axes)]
+        self._counts = [int(v) for v in state.get("counts", [0] * axes)]
 
 
 def finite_weight(w: torch.Tensor, what: str) -> torch.Tensor:
@@ -160,10 +190,12 @@ class Weighting:
         self.balance = AdaptiveBalance(config.balance_window, config.balance_warmup,
                                        config.balance_min_per_axis, config.balance_lambda)
 
-    def __call__(self, video: torch.Tensor | None, prompts: Sequence[str], latent_shape: Sequence[int]
-                 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    def __call__(self, video: torch.Tensor | None, prompts: Sequence[str], latent_shape: Sequence[int],
+                 step: int | None = None) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """video [B, T, 3, H, W] in [0, 1] (decoded rollout; ignored by ``dmd``), latent shape
-        [B, C, F, h, w] -> (weights [B, 1, F, h, w] float64 or None for ``dmd``, logs)."""
+        [B, C, F, h, w] -> (weights [B, 1, F, h, w] float64 or None for ``dmd``, logs).
+        ``step``: the optimisation step (micro-batches of one step share it; see
+        :class:`AdaptiveBalance`)."""
         cfg = self.config
         if cfg.mode == "dmd":
             return None, {}
@@ -178,8 +210,8 @@ class Weighting:
 
         out, grads = reward_saliency(self.reward_model, video, prompts)
         r_axes = out.normalized.double()
-        # Every rank keeps the same history: the whole global batch's rewards, in rank order.
-        self.balance.push(_all_ranks(r_axes))
+        # Every rank keeps the same history: the whole global batch's rewards.
+        self.balance.record(_all_ranks(r_axes), step)
         r = self.balance.combined(r_axes)
         w_inter = finite_weight(torch.exp(cfg.beta * r), "stream_r1")
         axis_w = axis_weights_from_rewards(r_axes.float(), cfg.temperature)
