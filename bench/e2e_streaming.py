@@ -3,13 +3,17 @@ compute does not depend on the values) and the Wan VAE, chunk by chunk, ours aga
 faithful reproduction of Reward Forcing's inference path, in the same run.
 
 What is timed, per chunk: 4 denoising forwards, the context-refresh forward, the streaming
-VAE decode of the chunk and the copy of its uint8 frames to the host. Text encoding is NOT
-timed (it happens once per prompt; the UMT5 encoder is not loaded: random text embeddings of
-the right shape stand in). Reported:
-- time to first frame: from the start of chunk 0 to its first decoded frame on the host;
-- sustained FPS: video frames of the measured chunks (after warm-up) / their wall time;
+VAE decode of the chunk (in float32, as StreamingPipeline runs it) and the copy of its uint8
+frames to the host. Text encoding is NOT timed (it happens once per prompt; the UMT5 encoder is
+not loaded: random text embeddings of the right shape stand in). Reported:
+- time to first frame: from the start of chunk 0 to its frames on the host;
+- sustained FPS: video frames of the chunks after warm-up / the wall time from the start of the
+  first of them to the end of the last (``--no-vae``: the frames those chunks would decode to);
 - breakdown: denoising, refresh, VAE decode (+ host copy), medians per chunk;
 - peak memory (CUDA) of the whole run.
+Ours and the baseline alternate over ``--repeats`` runs (default 3); medians and the spread
+(min, max) over the repeats are reported. Eager only: CUDA-graph capture of the chunk step is
+not implemented yet (the JSON says so).
 
     python bench/e2e_streaming.py                         # 1.3B, 480x832, on CUDA
     python bench/e2e_streaming.py --config tiny --height 32 --width 48 --device cpu
@@ -39,15 +43,16 @@ from stream_r1_fast.inference.sampler import FlowMatchSampler, randn  # noqa: E4
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames  # noqa: E402
 from stream_r1_fast.models import CausalWanTransformer  # noqa: E402
 from stream_r1_fast.models.configs import preset  # noqa: E402
-from stream_r1_fast.ops.rope import apply_rope, rope_angles  # noqa: E402
+from stream_r1_fast.ops.rope import rope_angles  # noqa: E402
 
 
 class RewardForcingStyleCache:
     """Reward Forcing's inference cache as its code runs it, for the baseline: per layer a
     pre-allocated buffer of ``capacity`` frames (the current chunk included) whose indices live
     in tensors read back with ``.item()`` at every call (host syncs), eviction by shifting the
-    window with ``clone()``, the EMA fold into the sink, and RoPE recomputed in float64 on every
-    cached key at every call, then ``torch.cat`` of sink and window and SDPA."""
+    window with ``clone()``, the EMA fold into the sink, and RoPE applied in float64 to every
+    cached key at every call from a complex table precomputed once (as its code does), then
+    ``torch.cat`` of sink and window and SDPA."""
 
     def __init__(self, num_layers, batch, grid, heads, head_dim, policy: CachePolicy, chunk_frames, *, dtype, device):
         self.grid = grid
@@ -59,6 +64,9 @@ class RewardForcingStyleCache:
         self.v = [torch.zeros_like(t) for t in self.k]
         self.local_end = [torch.zeros((), dtype=torch.long, device=device) for _ in range(num_layers)]
         self.fresh = [False] * num_layers
+        # Window-relative positions: token i of the buffer is always at the same position.
+        ang = rope_angles(torch.arange(cap // self.p, device=device), *grid, head_dim, 10000.0)
+        self.freqs = torch.polar(torch.ones_like(ang), ang)  # complex128 [cap, head_dim / 2]
 
     def begin_chunk(self):
         self.fresh = [True] * len(self.fresh)
@@ -88,11 +96,8 @@ class RewardForcingStyleCache:
         end = self._write(layer, k, v)
         keys = torch.cat([self.k[layer][:, : self.sink], self.k[layer][:, self.sink : end]], dim=1)
         values = torch.cat([self.v[layer][:, : self.sink], self.v[layer][:, self.sink : end]], dim=1)
-        d = q.shape[-1]
-        frames = end // self.p
-        ang = rope_angles(torch.arange(frames, device=q.device), *self.grid, d, 10000.0)
-        keys = apply_rope(keys, ang, torch.float64)
-        qr = apply_rope(q, ang[-q.shape[1] :], torch.float64)
+        keys = _rotate(keys, self.freqs[:end])
+        qr = _rotate(q, self.freqs[end - q.shape[1] : end])
         o = F.scaled_dot_product_attention(qr.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
         return o.transpose(1, 2)
 
@@ -100,6 +105,17 @@ class RewardForcingStyleCache:
         # The refresh: write the clean K/V over the chunk's frames (the model skips the last
         # block's attention on the refresh, so this write is not redundant there).
         self._write(layer, k, v)
+
+
+def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H, D] times the complex table [L, D/2] in float64 (adjacent pairs as complex)."""
+    xc = torch.view_as_complex(x.to(torch.float64).unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(xc * freqs[None, :, None, :]).flatten(-2).to(x.dtype)
+
+
+def video_frames(chunk_index: int, latent_frames: int, temporal_factor: int = 4) -> int:
+    """Video frames a chunk decodes to: latent frame 0 alone, then ``temporal_factor`` each."""
+    return latent_frames * temporal_factor - (temporal_factor - 1 if chunk_index == 0 else 0)
 
 
 class Clock:
@@ -142,6 +158,10 @@ def run_mode(mode, model, vae, text, args, device, dtype):
     ttff = None
     with torch.no_grad():
         for n in range(total):
+            if n == args.warmup:  # the measured window starts with the first chunk after warm-up
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_measure = time.perf_counter()
             noise = randn((args.batch, cfg.in_channels, args.chunk_frames, lat_h, lat_w), gen, device=device)
             m0 = clock.mark()
             cache.begin_chunk()
@@ -156,18 +176,16 @@ def run_mode(mode, model, vae, text, args, device, dtype):
             model.forward_chunk(x0.to(dtype), 0.0, text, cache, update_cache=True)
             m2 = clock.mark()
             if decoder is not None:
-                frames = to_uint8_frames(decoder.decode(x0))  # includes the copy to the host
+                frames = to_uint8_frames(decoder.decode(x0.float()))  # includes the copy to the host
+                count = frames.shape[1]
             else:
-                frames = x0.cpu()
+                x0.cpu()  # the latents reach the host, as frames would
+                count = video_frames(n, args.chunk_frames)
             m3 = clock.mark()
             if n == 0:
                 ttff = time.perf_counter() - t_start  # the host has chunk 0's frames now
-            if n == args.warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t_measure = time.perf_counter()
             marks.append((m0, m1, m2, m3))
-            frames_per_chunk.append(frames.shape[1])
+            frames_per_chunk.append(count)
             if args.keep_output:
                 outputs.append(x0.float().cpu())
     if device.type == "cuda":
@@ -191,6 +209,17 @@ def run_mode(mode, model, vae, text, args, device, dtype):
     return result, outputs
 
 
+def summarize(mode: str, runs: list[dict]) -> dict:
+    """Medians over the repeats of every figure, the spread (min, max) of the FPS and TTFF."""
+    out = {"mode": mode, "repeats": len(runs), "cuda_graphs": "not implemented", "runs": runs}
+    for key in runs[0]:
+        if key != "mode":
+            out[key] = statistics.median(r[key] for r in runs)
+    for key in ("sustained_fps", "time_to_first_frame_s"):
+        out[f"{key}_spread"] = [min(r[key] for r in runs), max(r[key] for r in runs)]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="wan2.1-1.3b", help="model preset (wan2.1-1.3b, tiny)")
@@ -205,6 +234,7 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.999)
     p.add_argument("--chunks", type=int, default=20, help="measured chunks after warm-up")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of every mode (medians over them)")
     p.add_argument("--modes", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"])
     p.add_argument("--no-vae", action="store_true", help="skip the VAE (transformer only)")
     p.add_argument("--keep-output", action="store_true", help="compare the latents of every chunk across the modes")
@@ -226,7 +256,7 @@ def main() -> None:
             base_dim=16, z_dim=z, dim_mult=[1, 2, 2, 2], num_res_blocks=1, latents_mean=[0.0] * z, latents_std=[1.0] * z
         )
         with torch.device(device):
-            vae = AutoencoderKLWan(**vae_kwargs).to(dtype).eval()
+            vae = AutoencoderKLWan(**vae_kwargs).float().eval()  # float32, as StreamingPipeline
         if vae.config.z_dim != cfg["in_channels"]:
             raise SystemExit(f"VAE z_dim {vae.config.z_dim} != model in_channels {cfg['in_channels']}")
     text = model.encode_text(torch.randn(args.batch, 512, cfg["text_dim"], device=device, dtype=dtype))
@@ -237,15 +267,23 @@ def main() -> None:
           f"{args.height}x{args.width}, batch {args.batch}, chunks of {args.chunk_frames} latent frames, "
           f"sink {args.sink} + window {args.window} (EMA {args.alpha}), {args.warmup} warm-up + {args.chunks} measured chunks; "
           f"VAE {'on' if vae is not None else 'off'}; text encoding excluded")
-    results, outs = [], {}
-    for mode in args.modes:
-        r, o = run_mode(mode, model, vae, text, args, device, dtype)
-        results.append(r)
-        outs[mode] = o
-        print(f"{mode:>9}: {r['sustained_fps']:.2f} FPS sustained, first frame {r['time_to_first_frame_s']:.3f} s, "
-              f"chunk {r['chunk_ms_median']:.1f} ms = denoise {r['denoise_ms_median']:.1f} + refresh "
-              f"{r['refresh_ms_median']:.1f} + VAE/copy {r['vae_and_copy_ms_median']:.1f}"
-              + (f", peak {r['peak_memory_gb']:.2f} GiB" if "peak_memory_gb" in r else ""))
+    if args.repeats < 1 or args.chunks < 1 or args.warmup < 0:
+        raise SystemExit("--repeats and --chunks must be >= 1, --warmup >= 0")
+    runs, outs = {m: [] for m in args.modes}, {}
+    for rep in range(args.repeats):  # alternate the modes so that drift hits both alike
+        for mode in args.modes:
+            r, o = run_mode(mode, model, vae, text, args, device, dtype)
+            runs[mode].append(r)
+            outs.setdefault(mode, o)
+            print(f"{mode:>9} [{rep + 1}/{args.repeats}]: {r['sustained_fps']:.2f} FPS sustained, first frame "
+                  f"{r['time_to_first_frame_s']:.3f} s, chunk {r['chunk_ms_median']:.1f} ms = denoise "
+                  f"{r['denoise_ms_median']:.1f} + refresh {r['refresh_ms_median']:.1f} + VAE/copy "
+                  f"{r['vae_and_copy_ms_median']:.1f}" + (f", peak {r['peak_memory_gb']:.2f} GiB" if "peak_memory_gb" in r else ""))
+    results = [summarize(mode, rs) for mode, rs in runs.items()]
+    for r in results:
+        lo, hi = r["sustained_fps_spread"]
+        print(f"{r['mode']:>9}: median {r['sustained_fps']:.2f} FPS (min {lo:.2f}, max {hi:.2f}) over {args.repeats} "
+              f"repeats, first frame {r['time_to_first_frame_s']:.3f} s (eager; CUDA graphs: not implemented)")
     by = {r["mode"]: r for r in results}
     summary = {}
     if "ours" in by and "baseline" in by:

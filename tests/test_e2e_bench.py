@@ -10,19 +10,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_e2e_streaming_tiny_on_cpu(tmp_path):
+def _run(tmp_path, *extra):
     cmd = [
         sys.executable, str(ROOT / "bench" / "e2e_streaming.py"), "--config", "tiny", "--device", "cpu",
         "--dtype", "float32", "--height", "32", "--width", "48", "--chunks", "4", "--warmup", "2",
-        "--keep-output", "--out", str(tmp_path),
+        "--out", str(tmp_path), *extra,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
-    data = json.loads((tmp_path / "e2e_streaming_cpu.json").read_text())
+    return json.loads((tmp_path / "e2e_streaming_cpu.json").read_text())
+
+
+def test_e2e_streaming_tiny_on_cpu(tmp_path):
+    data = _run(tmp_path, "--keep-output", "--repeats", "3")
     modes = {r["mode"]: r for r in data["results"]}
     assert set(modes) == {"ours", "baseline"}
     for r in modes.values():
         assert r["sustained_fps"] > 0 and r["time_to_first_frame_s"] > 0
         assert r["frames_measured"] == 4 * 12  # 3 latent frames -> 12 video frames per chunk
+        assert r["chunks_measured"] == 4 and r["repeats"] == 3 and len(r["runs"]) == 3
+        lo, hi = r["sustained_fps_spread"]
+        assert lo <= r["sustained_fps"] <= hi
+        assert r["cuda_graphs"] == "not implemented"
     # 6 chunks: sink fill, window fill, then evictions with EMA folds into the sink.
     assert data["summary"]["max_abs_diff_latents"] < 1e-4
+
+
+def test_e2e_streaming_without_vae_counts_video_frames(tmp_path):
+    """--no-vae counts the video frames the measured chunks decode to (12 per chunk), not the
+    latents' channel count."""
+    data = _run(tmp_path, "--no-vae", "--repeats", "1", "--modes", "ours")
+    (r,) = data["results"]
+    assert r["frames_measured"] == 4 * 12
+
+
+def test_video_frames_per_chunk():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from e2e_streaming import video_frames
+
+    assert [video_frames(i, 3) for i in range(3)] == [9, 12, 12]
+    assert video_frames(0, 1) == 1 and video_frames(5, 1) == 4
