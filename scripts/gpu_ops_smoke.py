@@ -1,0 +1,93 @@
+"""One small call of every fused op on the GPU, checked against its PyTorch reference on fresh
+random data. Small on purpose: scripts/gpu_check.sh also runs it under compute-sanitizer
+(memcheck, racecheck), where every kernel launch is slow.
+
+    python scripts/gpu_ops_smoke.py [--seed N]
+
+Exit status 0 when every op matches its reference, 1 otherwise (each op prints one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import stream_r1_fast
+from stream_r1_fast.ops import ema_cache_update, new_sink_cache, saliency_weights, sink_attention
+from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
+from stream_r1_fast.ops.saliency_ref import saliency_weights_ref
+from stream_r1_fast.ops.sink_attention_ref import sink_attention_ref
+
+
+def check_sink_attention(g: torch.Generator, dev: str) -> float:
+    b, heads, d, gh, gw, fq, slots = 1, 2, 128, 3, 5, 2, 3
+    p = gh * gw
+    r = lambda *s: torch.randn(*s, generator=g, device=dev).to(torch.bfloat16)  # noqa: E731
+    q, k, v = (r(b, fq * p, heads, d) for _ in range(3))
+    kc, vc = r(b, slots, p, heads, d), r(b, slots, p, heads, d)
+    cache_pos = torch.tensor([0, 1, -1], dtype=torch.int32, device=dev)
+    q_pos = torch.tensor([2], dtype=torch.int32, device=dev)
+    out = sink_attention(q, k, v, kc, vc, cache_pos, q_pos, gh, gw)
+    ref, _ = sink_attention_ref(*(t.double() for t in (q, k, v, kc, vc)), cache_pos, q_pos, gh, gw, d ** -0.5)
+    return (out.double() - ref).abs().max().item()
+
+
+def check_ema_cache(g: torch.Generator, dev: str) -> float:
+    sink, window, p, heads, d, chunk = 2, 3, 7, 2, 64, 3  # E != S: the group-mean fold
+    ours = new_sink_cache(2, sink, window, p, heads, d, dtype=torch.float32, device=dev)
+    ref = tuple(t.clone() for t in ours)
+    for _ in range(6):
+        k_new = torch.randn(2, chunk * p, heads, d, generator=g, device=dev)
+        v_new = torch.randn(2, chunk * p, heads, d, generator=g, device=dev)
+        ema_cache_update(*ours, k_new, v_new, sink, 0.9)
+        ema_cache_update_ref(*ref, k_new, v_new, sink, 0.9)
+    if not all(torch.equal(a, b) for a, b in zip(ours[2:], ref[2:])):
+        return float("inf")  # positions / state disagree
+    return max((a - b).abs().max().item() for a, b in zip(ours[:2], ref[:2]))
+
+
+def check_saliency(g: torch.Generator, dev: str) -> float:
+    grads = torch.randn(3, 2, 9, 3, 17, 23, generator=g, device=dev)
+    axis_w = torch.softmax(torch.randn(2, 3, generator=g, device=dev), -1)
+    kw = dict(temporal_factor=4, spatial_factor=8, tau_floor=0.2, sigma_floor=0.15, gamma_t=0.7, gamma_s=0.4)
+    got = saliency_weights(grads, axis_w, mode="vae", **kw)
+    want = saliency_weights_ref(grads, axis_w, "vae", *kw.values())
+    return max((a - b).abs().max().item() for a, b in zip(got, want))
+
+
+CHECKS = {"sink_attention": (check_sink_attention, 2e-2), "ema_cache_update": (check_ema_cache, 1e-5),
+          "saliency_weights": (check_saliency, 1e-4)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=None, help="default: a fresh seed (printed)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check the script itself)")
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    print(stream_r1_fast.backend_info())
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"device {name}, seed {seed}")
+    g = torch.Generator(device=args.device).manual_seed(seed)
+    ok = True
+    for name, (check, tol) in CHECKS.items():
+        try:
+            err = check(g, args.device)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            good = err <= tol
+            print(f"{name:>17}: max |op - reference| = {err:.3e} (tolerance {tol:g}) {'OK' if good else 'FAIL'}")
+        except Exception as exc:  # report every op, then fail
+            good = False
+            print(f"{name:>17}: ERROR {type(exc).__name__}: {exc}")
+        ok &= good
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
