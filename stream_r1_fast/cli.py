@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="override train.device")
     t.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
     t.set_defaults(func=_train)
+
+    from stream_r1_fast.serve.cli import add_serve_parser  # argparse only: FastAPI is imported when serving
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -264,3 +265,141 @@ class StreamingPipeline:
         """A whole video: uint8 [B, num_frames, H, W, 3] (convenience over :meth:`stream`)."""
         chunks = [c.frames for c in self.stream(prompt, num_chunks=self.chunks_for_frames(num_frames), **kwargs)]
         return torch.cat(chunks, dim=1)[:, :num_frames]
+
+    def open_stream(self, prompt: str | Sequence[str], **kwargs) -> "LiveStream":
+        """A live stream (for an interactive viewer): ``next(live)`` makes one chunk,
+        ``live.switch(prompt)`` changes the prompt from the next chunk boundary on (from any
+        thread), ``live.close()`` ends it and frees its cache. ``kwargs``: those of
+        :meth:`stream` (``num_chunks`` defaults to None: until closed)."""
+        return LiveStream(self, prompt, **kwargs)
+
+
+# ---------------------------------------------------------------------- live streams
+
+
+class LivePromptSchedule(PromptSchedule):
+    """A prompt schedule that can be changed while its stream runs: :meth:`set` queues prompts
+    for the next chunk the stream starts. Thread-safe; the chunk loop of
+    :meth:`StreamingPipeline.stream` reads it through :meth:`at` as it reads any schedule."""
+
+    def __init__(self, prompt: str | Sequence[str]):
+        super().__init__({0: prompt})
+        self._lock = threading.Lock()
+        self._pending: list[str] | None = None
+        self.last_change = 0  # the chunk at which the prompts in force took effect
+
+    def set(self, prompts: list[str]) -> None:
+        with self._lock:
+            self._pending = list(prompts)
+
+    def at(self, chunk: int) -> list[str] | None:
+        if chunk == 0:
+            return self.entries[0]
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self.last_change = chunk
+        return pending
+
+
+@dataclasses.dataclass
+class LiveChunk(StreamChunk):
+    """A :class:`StreamChunk` of a live stream; ``prompt_since``: the chunk at which this chunk's
+    prompts took effect (``== index`` on the chunk where a switch took effect)."""
+
+    prompt_since: int = 0
+
+
+class LiveStream:
+    """One live stream of :meth:`StreamingPipeline.open_stream`.
+
+    ``next(live)`` (or iteration) generates the next :class:`LiveChunk`; :meth:`switch` may be
+    called from another thread while a chunk is being made (it then takes effect at the chunk
+    after it); :meth:`close` may be called from any thread at any time: a chunk in progress
+    finishes, and the stream's generator (its KV cache, decoder state, text K/V) is released
+    at once or when that chunk is done.
+    """
+
+    def __init__(self, pipe: "StreamingPipeline", prompt: str | Sequence[str], *, num_chunks: int | None = None, **kwargs):
+        self.pipe = pipe
+        self.schedule = LivePromptSchedule(prompt)
+        self.batch = self.schedule.batch_size()
+        self.check(self.schedule.entries[0])
+        self._gen = pipe.stream(self.schedule, num_chunks=num_chunks, **kwargs)
+        self._step_lock = threading.Lock()
+        self._closed = False
+        self.chunks_made = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check(self, prompt: str | Sequence[str]) -> list[str]:
+        """The prompt(s) as a list, or a TypeError / ValueError saying why the pipeline's text
+        encoder cannot take them (the toy world's closed vocabulary); no state changes."""
+        prompts = as_prompt_list(prompt)
+        if len(prompts) not in (1, self.batch):
+            raise ValueError(f"{len(prompts)} prompts for a live stream of {self.batch} streams")
+        for p in prompts:
+            if not p.strip():
+                raise ValueError(f"the prompt is empty: {p!r}")
+        encoder = self.pipe.prompt_encoder
+        if encoder is None:
+            raise RuntimeError("this pipeline has no text encoder: build it with prompt_encoder=...")
+        check = getattr(encoder, "check_prompt", None)
+        if check is not None:
+            for p in prompts:
+                check(p)
+        else:
+            with torch.no_grad():
+                encoder(prompts)  # raises for what it cannot encode (an encoder with a cache keeps the result)
+        return prompts
+
+    def switch(self, prompt: str | Sequence[str]) -> None:
+        """Use ``prompt`` from the next chunk that starts (the text conditioning is re-encoded
+        there; the self-attention cache is kept). Raises (and changes nothing) for a prompt the
+        text encoder cannot take."""
+        if self._closed:
+            raise RuntimeError("the live stream is closed")
+        self.schedule.set(self.check(prompt))
+
+    def __iter__(self) -> "LiveStream":
+        return self
+
+    def __next__(self) -> LiveChunk:
+        try:
+            with self._step_lock:
+                if self._closed:
+                    raise StopIteration
+                try:
+                    chunk = next(self._gen)
+                except BaseException:
+                    self._release()
+                    raise
+                self.chunks_made += 1
+                fields = {f.name: getattr(chunk, f.name) for f in dataclasses.fields(StreamChunk)}
+                return LiveChunk(**fields, prompt_since=self.schedule.last_change)
+        finally:
+            if self._closed and self._gen is not None:  # closed while this chunk was being made
+                self.close()
+
+    def _release(self) -> None:
+        self._closed = True
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            gen.close()
+
+    def close(self) -> None:
+        """End the stream; idempotent, callable from any thread, never waits for a chunk."""
+        self._closed = True
+        if self._step_lock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._step_lock.release()
+
+    def __enter__(self) -> "LiveStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
