@@ -71,18 +71,41 @@ class FlowMatchSampler:
     def forwards_per_chunk(self) -> int:
         return len(self.timesteps) + 1
 
+    def draw_chunk_noise(self, shape: Sequence[int], generator: Generators, *, device) -> torch.Tensor:
+        """All the noise one chunk needs, [len(timesteps), *shape] float32: the starting noise,
+        then one re-noising draw per later step — the order the step loop consumes them, so the
+        result equals drawing each just before its use. Drawn outside :meth:`denoise_chunk`
+        because a ``torch.Generator`` cannot be traced (``torch.compile``) or captured."""
+        return torch.stack([randn(shape, generator, device=device) for _ in self.timesteps])
+
+    def time_contexts(self, model, batch: int, frames: int, device=None) -> list:
+        """The model's :class:`~stream_r1_fast.models.TimeContext` of every step and of the
+        refresh (t = 0): computed once per stream and reused by every chunk."""
+        return [model.time_context(t, batch, frames, device) for t in (*self.timesteps, 0.0)]
+
     @torch.no_grad()
-    def sample_chunk(self, model, noise: torch.Tensor, text, cache, generator: Generators = None) -> torch.Tensor:
-        """Denoise one chunk from ``noise`` [B, C, Fq, H, W] against ``cache``, then refresh the
-        cache with the clean chunk. Returns x0 [B, C, Fq, H, W] in float32."""
+    def denoise_chunk(self, model, noise: torch.Tensor, text, cache, times: Sequence | None = None) -> torch.Tensor:
+        """One chunk's step: denoise from ``noise`` [len(timesteps), B, C, Fq, H, W]
+        (:meth:`draw_chunk_noise`) against ``cache``, then refresh the cache with the clean
+        chunk. ``times``: :meth:`time_contexts` (None: embed the timesteps on every forward).
+        No random draws and no host synchronisation inside: the step compiles as one graph
+        (``torch.compile(fullgraph=True)``). Returns x0 [B, C, Fq, H, W] in float32."""
+        if noise.shape[0] != len(self.timesteps):
+            raise ValueError(f"noise holds {noise.shape[0]} draws, the sampler takes {len(self.timesteps)} "
+                             "(one per step: see draw_chunk_noise)")
         cache.begin_chunk()
-        x_t = noise.float()
+        x_t = noise[0].float()
         last = len(self.timesteps) - 1
         for i, t in enumerate(self.timesteps):
-            v = model.forward_chunk(x_t, t, text, cache).float()
+            v = model.forward_chunk(x_t, t if times is None else times[i], text, cache).float()
             x0 = self.predict_x0(x_t, v, t)
             if i < last:
-                eps = randn(x0.shape, generator, device=x0.device)
-                x_t = self.add_noise(x0, eps, self.timesteps[i + 1])
-        model.forward_chunk(x0, 0.0, text, cache, update_cache=True)
+                x_t = self.add_noise(x0, noise[i + 1], self.timesteps[i + 1])
+        model.forward_chunk(x0, 0.0 if times is None else times[-1], text, cache, update_cache=True)
         return x0
+
+    def sample_chunk(self, model, noise: torch.Tensor, text, cache, generator: Generators = None) -> torch.Tensor:
+        """:meth:`denoise_chunk` from the starting ``noise`` [B, C, Fq, H, W], with the
+        re-noising draws taken from ``generator``. Returns x0 [B, C, Fq, H, W] in float32."""
+        later = [randn(noise.shape, generator, device=noise.device) for _ in self.timesteps[1:]]
+        return self.denoise_chunk(model, torch.stack([noise.float(), *later]), text, cache)

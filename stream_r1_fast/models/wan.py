@@ -112,6 +112,18 @@ class TextContext:
         return self.states.shape[0] if self.is_lazy else self.keys.shape[1]
 
 
+@dataclasses.dataclass
+class TimeContext:
+    """The time conditioning of one forward, computed once per timestep value
+    (:meth:`CausalWanTransformer.time_context`) and reused by every forward at that timestep
+    (a sampler's fixed step list): ``temb`` [B, F, dim] (the output head's modulation input) and
+    ``e`` [B, F, 6, dim] (every block's modulation). Passing one as the ``timestep`` of a
+    forward skips the timestep embedding, and with it a host-to-device copy of the timestep."""
+
+    temb: torch.Tensor
+    e: torch.Tensor
+
+
 class WanAttention(nn.Module):
     """Projections of one Wan attention layer (diffusers' parameter names); the attention
     itself is done by the caller (self-attention goes through a cache or a mask)."""
@@ -165,11 +177,6 @@ class WanBlock(nn.Module):
         """e [B, F, 6, dim] -> six float32 [B, F, 1, dim] (broadcast over a frame's tokens)."""
         mod = self.scale_shift_table.float() + e.float()
         return [m.unsqueeze(2) for m in mod.unbind(2)]
-
-    def self_attention_input(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """The normalised, modulated input of self-attention, [B, F*P, dim] in x's dtype."""
-        shift, scale = self._modulation(e)[:2]
-        return (self.norm1(x.float()) * (1 + scale) + shift).type_as(x).flatten(1, 2)
 
     def forward(
         self,
@@ -280,8 +287,21 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))
         return x.permute(0, 2, 3, 4, 1).flatten(2, 3)
 
-    def _time(self, timestep: torch.Tensor | float, batch: int, frames: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps (scalar, [B] or [B, F]) -> (temb [B, F, dim], e [B, F, 6, dim])."""
+    def time_context(self, timestep: torch.Tensor | float, batch: int, frames: int, device=None) -> TimeContext:
+        """The :class:`TimeContext` of ``timestep`` (scalar, [B] or [B, F]) for ``batch`` samples
+        of ``frames`` latent frames (on the model's device unless ``device``)."""
+        temb, e = self._time(timestep, batch, frames, device or self.patch_embedding.weight.device)
+        return TimeContext(temb, e)
+
+    def _time(self, timestep: torch.Tensor | float | TimeContext, batch: int, frames: int, device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (scalar, [B] or [B, F], or a precomputed TimeContext) -> (temb [B, F, dim],
+        e [B, F, 6, dim])."""
+        if isinstance(timestep, TimeContext):
+            if tuple(timestep.e.shape[:2]) != (batch, frames):
+                raise ValueError(f"the time context is for [B, F] = {list(timestep.e.shape[:2])}, the latents "
+                                 f"are [{batch}, {frames}]")
+            return timestep.temb, timestep.e
         t = torch.as_tensor(timestep, device=device)
         if t.dim() == 0:
             t = t.expand(batch)
@@ -419,7 +439,7 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
 
         Args:
             latents: [B, C, Fq, H, W], the chunk (noisy, or clean for the context refresh).
-            timestep: scalar, [B] or [B, Fq].
+            timestep: scalar, [B] or [B, Fq], or a :class:`TimeContext` computed once for it.
             text: a :class:`TextContext` (:meth:`encode_text`, or lazy from :meth:`embed_text`),
                 or text embeddings [B, Lt, text_dim].
             cache: the self-attention cache; the chunk attends to its frames and to itself.
