@@ -18,9 +18,10 @@ TORCH_LIBRARY(stream_r1_fast, m) {
       "float rope_theta) -> (Tensor, Tensor)");
 
   // In place, once per chunk: fill the sink, then the window ring; once the ring is full,
-  // evict its oldest frames, fold them into the sink by EMA (when as many frames are evicted
-  // as the sink holds; otherwise they are dropped), write k_new/v_new in their place and
-  // rewrite cache_pos with window-relative positions.
+  // evict its oldest frames, fold them into a full sink by EMA whatever their number (sink
+  // frame i takes the mean of its group of evicted frames, ema_fold_group of
+  // ema_cache/ema_cache.h; no sink: dropped), write k_new/v_new in their place and rewrite
+  // cache_pos with window-relative positions.
   // state: int32 [4] = (sink_filled, ring_start, ring_count, next_pos).
   m.def(
       "ema_cache_update(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_pos, "

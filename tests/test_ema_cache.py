@@ -1,7 +1,10 @@
 """ema_cache_update: kernels against the reference, and both against an independent
-shifting-copy model of Reward Forcing's cache; schema, compile, CUDA graph and input checks."""
+list-of-frames model of the EMA-Sink cache (the group-mean fold at every chunk / sink length);
+schema, compile, CUDA graph and input checks."""
 
 from __future__ import annotations
+
+import collections
 
 import pytest
 import torch
@@ -20,33 +23,54 @@ FIXTURE_OK = settings(
 )
 
 
-class ShiftCache:
-    """Reward Forcing's cache kept the straightforward way: sink and window tensors in time
-    order, shifted with cat / clone; EMA when the evicted length equals the sink length."""
+def fold_members(i: int, evicted: int, sink: int) -> list[int]:
+    """Indices (oldest first) of the evicted frames whose mean sink frame i folds in: the rule
+    as stated (consecutive groups; at least one frame each), independent of the op's code."""
+    first = (i * evicted) // sink
+    last = max(((i + 1) * evicted) // sink, first + 1)
+    return list(range(evicted))[first:last]
+
+
+class FrameListCache:
+    """The EMA-Sink cache kept the plain way: a list of sink frames and a deque of window
+    frames in time order, each frame a [B, P, H, D] tensor; evicted frames folded by the
+    group-mean rule (float32 sum in order, divided by the count; a lone frame as it is)."""
 
     def __init__(self, sink_size: int, window: int, alpha: float):
         self.sink_size, self.window, self.alpha = sink_size, window, alpha
-        self.k = self.v = None  # (sink, window) pairs, [B, n, P, H, D]
+        self.sink = {"k": [], "v": []}
+        self.ring = {"k": collections.deque(), "v": collections.deque()}
+        self.last_evicted = 0
 
     def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
-        if self.k is None:
-            empty = k_new[:, :0]
-            self.k, self.v = (empty, empty), (empty, empty)
-        self.k = self._update(*self.k, k_new)
-        self.v = self._update(*self.v, v_new)
+        for kv, new in (("k", k_new), ("v", v_new)):
+            self._update(self.sink[kv], self.ring[kv], [new[:, f] for f in range(new.shape[1])])
 
-    def _update(self, sink, window, new):
-        to_sink = min(self.sink_size - sink.shape[1], new.shape[1])
-        sink = torch.cat([sink, new[:, :to_sink]], dim=1)
-        rest = new[:, to_sink:]
-        overflow = window.shape[1] + rest.shape[1] - self.window
-        if overflow > 0:
-            evicted = window[:, :overflow]
-            if overflow == self.sink_size:
-                mixed = self.alpha * sink.float() + (1.0 - self.alpha) * evicted.float()
-                sink = mixed.to(sink.dtype)
-            window = window[:, overflow:].clone()
-        return sink, torch.cat([window, rest], dim=1)
+    def _update(self, sink: list, ring: collections.deque, frames: list) -> None:
+        while frames and len(sink) < self.sink_size:
+            sink.append(frames.pop(0))
+        evicted = []
+        for frame in frames:
+            if len(ring) == self.window:
+                evicted.append(ring.popleft())
+            ring.append(frame)
+        self.last_evicted = len(evicted)
+        if evicted and sink:
+            folded = []
+            for i, old in enumerate(sink):
+                members = [evicted[j].float() for j in fold_members(i, len(evicted), len(sink))]
+                total = members[0]
+                for m in members[1:]:
+                    total = total + m
+                mean = total if len(members) == 1 else total / torch.full_like(total, len(members))
+                folded.append((self.alpha * old.float() + (1.0 - self.alpha) * mean).to(old.dtype))
+            sink[:] = folded
+
+    def tensors(self, kv: str, like: torch.Tensor):
+        """(sink, window) as [B, n, P, H, D] tensors in time order."""
+        empty = like[:, :0]
+        stack = lambda frames: torch.stack(list(frames), 1) if frames else empty  # noqa: E731
+        return stack(self.sink[kv]), stack(self.ring[kv])
 
 
 def gather_by_age(cache: torch.Tensor, cache_pos: torch.Tensor, sink_size: int):
@@ -97,14 +121,14 @@ def _chunk(case, fn, gen, device):
 
 @FIXTURE_OK
 @given(case=cache_cases())
-def test_matches_reference_and_shift_model(device, case):
+def test_matches_reference_and_frame_model(device, case):
     sink_size, alpha = case["sink_size"], case["alpha"]
     cache = new_sink_cache(
         case["batch"], sink_size, case["window"], case["tokens"], case["heads"], case["head_dim"],
         dtype=case["dtype"], device=device,
     )
     ref = [t.clone() for t in cache]
-    model = ShiftCache(sink_size, case["window"], alpha)
+    model = FrameListCache(sink_size, case["window"], alpha)
     gen = torch.Generator().manual_seed(case["seed"])
     shape5 = lambda t: t.reshape(case["batch"], -1, *cache[0].shape[2:])  # noqa: E731
     for step, fn in enumerate(case["fns"]):
@@ -115,18 +139,97 @@ def test_matches_reference_and_shift_model(device, case):
         what = f"step {step} (Fn={fn})"
         assert torch.equal(cache[2], ref[2]), f"{what}: cache_pos {cache[2].tolist()} != {ref[2].tolist()}"
         assert torch.equal(cache[3], ref[3]), f"{what}: state {cache[3].tolist()} != {ref[3].tolist()}"
+        _assert_matches_model(cache, model, sink_size, what)
         for i, name in ((0, "k_cache"), (1, "v_cache")):
             assert_exact_close(cache[i], ref[i], f"{what}: {name} vs reference")
-            sink, window = gather_by_age(cache[i], cache[2], sink_size)
-            want_sink, want_window = model.k if i == 0 else model.v
-            assert_exact_close(sink, want_sink, f"{what}: {name} sink vs shift model")
-            assert_exact_close(window, want_window, f"{what}: {name} window vs shift model")
-        filled = model.k[0].shape[1] + model.k[1].shape[1]
-        assert cache[3][3].item() == filled, f"{what}: next_pos {cache[3].tolist()}"
+
+
+def _assert_matches_model(cache, model, sink_size, what):
+    for i, kv in ((0, "k"), (1, "v")):
+        sink, window = gather_by_age(cache[i], cache[2], sink_size)
+        want_sink, want_window = model.tensors(kv, cache[i])
+        assert_exact_close(sink, want_sink, f"{what}: {kv}_cache sink vs frame model")
+        assert_exact_close(window, want_window, f"{what}: {kv}_cache window vs frame model")
+    filled = len(model.sink["k"]) + len(model.ring["k"])
+    assert cache[3][3].item() == filled, f"{what}: next_pos {cache[3].tolist()}"
+
+
+@pytest.mark.parametrize("window", [3, 5, 6])
+@pytest.mark.parametrize("sink_size", [1, 2, 3, 6])
+@pytest.mark.parametrize("impl", ["op", "reference"])
+def test_fold_at_every_sink_length(device, impl, sink_size, window):
+    """Chunks of 3 frames against sinks of 1, 2, 3 and 6 frames and windows of 3, 5 and 6 (so
+    1, 2 or 3 frames are evicted at a time) over 14 chunks: the op (the kernel of the device
+    where there is one) and the reference both follow the list-of-frames model step by step."""
+    chunk, chunks, alpha = 3, 14, 0.7
+    case = dict(batch=2, tokens=3, heads=2, head_dim=8, dtype=torch.float32)
+    cache = new_sink_cache(2, sink_size, window, 3, 2, 8, dtype=torch.float32, device=device)
+    update = ema_cache_update if impl == "op" else ema_cache_update_ref
+    model = FrameListCache(sink_size, window, alpha)
+    gen = torch.Generator().manual_seed(sink_size * 10 + window)
+    evictions = set()
+    for step in range(chunks):
+        k_new, v_new = _chunk(case, chunk, gen, device)
+        update(*cache, k_new, v_new, sink_size, alpha)
+        model.update(k_new.reshape(2, chunk, 3, 2, 8), v_new.reshape(2, chunk, 3, 2, 8))
+        evictions.add(model.last_evicted)
+        _assert_matches_model(cache, model, sink_size, f"{impl}, step {step}")
+    assert evictions - {0}, "the sequence never evicted"
+
+
+def test_sink_two_chunk_three_folds_by_group_mean(device):
+    """Worked example, sink 2, W 3, chunks of 3, alpha 0.5, one scalar per frame. The old rule
+    (fold only when the evicted count equals the sink length) dropped both evictions."""
+    cache = new_sink_cache(1, 2, 3, 1, 1, 1, dtype=torch.float32, device=device)
+
+    def step(values):
+        new = torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        ema_cache_update(*cache, new, -new, 2, 0.5)
+        sink, window = gather_by_age(cache[0], cache[2], 2)
+        neg_sink, neg_window = gather_by_age(cache[1], cache[2], 2)
+        assert torch.equal(neg_sink, -sink) and torch.equal(neg_window, -window)
+        return sink.flatten().tolist(), window.flatten().tolist()
+
+    assert step([1, 2, 3]) == ([1, 2], [3])
+    # 1 evicted (3), shared by both sink frames: 0.5*1 + 0.5*3, 0.5*2 + 0.5*3.
+    assert step([4, 5, 6]) == ([2, 2.5], [4, 5, 6])
+    # 3 evicted (4, 5, 6): groups {4} and {5, 6} -> 0.5*2 + 0.5*4, 0.5*2.5 + 0.5*5.5.
+    assert step([7, 8, 9]) == ([3, 4], [7, 8, 9])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_equal_lengths_fold_is_the_one_frame_ema_bit_for_bit(device, dtype):
+    """Evicted count == sink length (the default EMA-Sink setting): sink frame j becomes
+    round(alpha * sink_j + (1 - alpha) * evicted_j) computed in float32, exactly as before."""
+    sink, window, alpha = 3, 3, 0.999
+    case = dict(batch=2, tokens=5, heads=3, head_dim=16, dtype=dtype)
+    cache = new_sink_cache(2, sink, window, 5, 3, 16, dtype=dtype, device=device)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(2):  # fill the sink, then the window
+        ema_cache_update(*cache, *_chunk(case, sink, gen, device), sink, alpha)
+    for _ in range(4):
+        before_sink = cache[0][:, :sink].clone(), cache[1][:, :sink].clone()
+        order = [s for s in range(sink, sink + window)]
+        order.sort(key=lambda s: int(cache[2][s]))
+        evicted = cache[0][:, order].clone(), cache[1][:, order].clone()
+        ema_cache_update(*cache, *_chunk(case, sink, gen, device), sink, alpha)
+        for i in range(2):
+            want = (alpha * before_sink[i].float() + (1.0 - alpha) * evicted[i].float()).to(dtype)
+            assert torch.equal(cache[i][:, :sink], want)
+
+
+def test_no_sink_is_a_sliding_window(device):
+    cache = new_sink_cache(1, 0, 4, 1, 1, 1, dtype=torch.float32, device=device)
+    for start in range(0, 30, 3):
+        new = torch.arange(start, start + 3, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        ema_cache_update(*cache, new, new, 0, 0.5)
+    _, window = gather_by_age(cache[0], cache[2], 0)
+    assert window.flatten().tolist() == [26, 27, 28, 29]
 
 
 def test_worked_example(device):
-    """sink 2, W 2, one scalar per frame: fill, append, fold (2 evicted), drop (1 evicted)."""
+    """sink 2, W 2, one scalar per frame: fill, append, fold (2 evicted), fold of one evicted
+    frame into both sink frames, fold of 2 in age order."""
     cache = new_sink_cache(1, 2, 2, 1, 1, 1, dtype=torch.float32, device=device)
 
     def step(values, alpha=0.5):
@@ -137,9 +240,11 @@ def test_worked_example(device):
     assert step([1, 2]) == ([1, 2, 0, 0], [-1, -2, 0, 0], [0, 1, -1, -1], [2, 0, 0, 2])
     assert step([3, 4]) == ([1, 2, 3, 4], [-1, -2, -3, -4], [0, 1, 2, 3], [2, 0, 2, 4])
     assert step([5, 6]) == ([2, 3, 5, 6], [-2, -3, -5, -6], [0, 1, 2, 3], [2, 0, 2, 4])
-    assert step([7]) == ([2, 3, 7, 6], [-2, -3, -7, -6], [0, 1, 3, 2], [2, 1, 2, 4])
+    # One evicted frame (5) is the group of both sink frames: 0.5*2 + 0.5*5, 0.5*3 + 0.5*5.
+    assert step([7]) == ([3.5, 4, 7, 6], [-3.5, -4, -7, -6], [0, 1, 3, 2], [2, 1, 2, 4])
     # Oldest first: slot 3 (6) folds into sink 0, slot 2 (7) into sink 1; 8 and 9 follow in time.
-    assert step([8, 9], alpha=0.25) == ([5, 6, 9, 8], [-5, -6, -9, -8], [0, 1, 3, 2], [2, 1, 2, 4])
+    assert step([8, 9], alpha=0.25) == (
+        [5.375, 6.25, 9, 8], [-5.375, -6.25, -9, -8], [0, 1, 3, 2], [2, 1, 2, 4])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -215,6 +320,27 @@ def test_bad_inputs_raise(device, case):
     mutate, match = BAD_INPUTS[case]
     with pytest.raises(ValueError, match=match):
         ema_cache_update(**_bad_args(device, mutate))
+
+
+@pytest.mark.parametrize("name, value", [("alpha", "0.5"), ("alpha", None), ("sink_size", None),
+                                         ("sink_size", 2.0), ("sink_size", True), ("k_new", [1.0])])
+def test_wrong_types_name_the_argument(device, name, value):
+    args = _good_args(device)
+    args[name] = value
+    with pytest.raises(TypeError, match=f"^{name} must be"):
+        ema_cache_update(**args)
+
+
+@pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not loaded")
+@pytest.mark.parametrize("name", ["k_cache", "v_cache", "cache_pos", "state", "k_new", "v_new"])
+def test_one_meta_tensor_is_refused(name):
+    """A direct call mixing meta with CPU tensors dispatches to the fake kernel, which must
+    refuse it rather than do nothing."""
+    args = _good_args(torch.device("cpu"))
+    args[name] = torch.empty_like(args[name], device="meta")
+    ref = "v_cache" if name == "k_cache" else "k_cache"
+    with pytest.raises((RuntimeError, ValueError), match=f"({name}|{ref}) must be on the device of"):
+        torch.ops.stream_r1_fast.ema_cache_update(*args.values())
 
 
 @pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not loaded")

@@ -453,6 +453,24 @@ def test_ema_cache_agrees_with_compiled(case):
         assert torch.equal(got, want)  # same kernels, same rounding: bit for bit
 
 
+@pytest.mark.parametrize("window", [3, 5, 6])
+@pytest.mark.parametrize("sink_size", [1, 2, 3, 6])
+def test_ema_cache_fold_at_every_sink_length_agrees_with_compiled(sink_size, window):
+    """Chunks of 3 against sinks of 1, 2, 3, 6 and windows of 3, 5, 6 (group-mean folds of 1,
+    2 or 3 evicted frames), 14 chunks, bf16: NVRTC and nvcc kernels bit for bit."""
+    _needs_compiled("ema_cache_update")
+    case = dict(batch=2, tokens=5, heads=3, head_dim=40, dtype=torch.bfloat16)
+    compiled = list(new_sink_cache(2, sink_size, window, 5, 3, 40, dtype=torch.bfloat16, device="cuda"))
+    ours = [t.clone() for t in compiled]
+    gen = torch.Generator().manual_seed(sink_size * 10 + window)
+    for _ in range(14):
+        k_new, v_new = _chunk(case, 3, gen, torch.device("cuda"))
+        torch.ops.stream_r1_fast.ema_cache_update(*compiled, k_new, v_new, sink_size, 0.7)
+        nv_ema.ema_cache_update_cuda(*ours, k_new, v_new, sink_size, 0.7)
+    for got, want in zip(ours, compiled):
+        assert torch.equal(got, want)
+
+
 @settings(max_examples=20, deadline=None)
 @given(problem=problems())
 def test_saliency_agrees_with_compiled(problem):

@@ -101,6 +101,54 @@ def test_invariants(device, problem):
     assert (weights > 0).all() or min(kwargs["tau_floor"], kwargs["sigma_floor"]) == 0
 
 
+def _official_profile(x: torch.Tensor, dims: tuple[int, ...], gamma: float, floor: float) -> torch.Tensor:
+    """Stream-R1's strength knob, written from its description: min-max normalise, mix with
+    uniform, THEN floor, then divide by the mean (float64; non-degenerate profiles only)."""
+    lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    hat = (x - lo) / (hi - lo)
+    hat = (1 - gamma) + gamma * hat
+    hat = torch.maximum(hat, torch.full_like(hat, floor))
+    return hat / hat.mean(dims, keepdim=True)
+
+
+def test_strength_mixes_before_the_floor(device):
+    """gamma_t = 0.5 on a two-frame profile [0, 1]: mix -> [0.5, 1], floor 0.2 -> [0.5, 1],
+    mean 0.75 -> tau [2/3, 4/3] (flooring first gave [0.75, 1.25])."""
+    x = torch.stack([torch.zeros(4, 4), torch.ones(4, 4)])[None]  # [B=1, T=2, H, W]
+    _, tau, _ = saliency_weights(x.to(device), temporal_factor=1, spatial_factor=1, gamma_t=0.5)
+    torch.testing.assert_close(tau.cpu(), torch.tensor([[2 / 3, 4 / 3]]), rtol=0, atol=1e-6)
+
+
+@fixture_ok
+@given(
+    gamma_t=st.floats(0, 1), gamma_s=st.floats(0, 1), tau_floor=st.floats(0, 1),
+    sigma_floor=st.floats(0, 1), t=st.integers(2, 9), h=ODD_SIZES, w=ODD_SIZES,
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_profiles_follow_stream_r1_order(device, gamma_t, gamma_s, tau_floor, sigma_floor, t, h, w, seed):
+    """tau and sigma against the few lines above, on odd shapes (factors 1: the latent grid is
+    the input); profiles close to the op's "constant" threshold are left out."""
+    if h * w < 2:
+        h = 2
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randperm(t * h * w, generator=gen).double().reshape(1, t, h, w) + 1.0
+    x = x * (1.0 + torch.randperm(t, generator=gen).double())[None, :, None, None]  # frame contrast
+    _, tau, sigma = saliency_weights(
+        x.float().to(device), temporal_factor=1, spatial_factor=1, tau_floor=tau_floor,
+        sigma_floor=sigma_floor, gamma_t=gamma_t, gamma_s=gamma_s,
+    )
+    def clear_range(p, dims):  # far from the op's "constant" threshold (RANGE_RTOL)
+        return ((p.amax(dims) - p.amin(dims)) > 1e-2 * p.abs().amax(dims)).all()
+
+    frame_means = x.mean((2, 3))
+    if clear_range(frame_means, (1,)):
+        want_tau = _official_profile(frame_means, (1,), gamma_t, tau_floor)
+        torch.testing.assert_close(tau.cpu().double(), want_tau, rtol=1e-5, atol=1e-5)
+    if clear_range(x, (2, 3)):
+        want_sigma = _official_profile(x, (2, 3), gamma_s, sigma_floor)
+        torch.testing.assert_close(sigma.cpu().double(), want_sigma, rtol=1e-5, atol=1e-5)
+
+
 def _degenerate_inputs():
     cases = {
         "zeros": torch.zeros(3, 2, 9, 3, 21, 19),
@@ -271,3 +319,42 @@ def test_op_checks_its_arguments(device):
     for fn, match in cases:
         with pytest.raises(RuntimeError, match=match):
             fn()
+
+
+@needs_extension
+@pytest.mark.parametrize("which", ["saliency", "axis_weights"])
+@pytest.mark.parametrize("rank", [4, 6])
+def test_one_meta_tensor_is_refused(which, rank):
+    """A direct call mixing meta with CPU tensors dispatches to the fake kernel, which must
+    refuse it instead of returning uninitialised memory (the ignored axis_weights of a fused
+    map included: every tensor argument on one device)."""
+    x = torch.rand(3, 1, 5, 3, 9, 9) if rank == 6 else torch.rand(1, 5, 9, 9)
+    aw = torch.rand(3)
+    if which == "saliency":
+        x = x.to("meta")
+    else:
+        aw = aw.to("meta")
+    with pytest.raises((RuntimeError, ValueError), match="axis_weights must be on the device of saliency"):
+        torch.ops.stream_r1_fast.saliency_weights(x, aw, "vae", 4, 8, 0.2, 0.15, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, frames, cells", [
+    (dict(spatial_factor=2**63 - 1), 3, 1), (dict(temporal_factor=2**63 - 1), 2, 2),
+    (dict(temporal_factor=2**62, spatial_factor=2**62), 2, 1),
+])
+def test_factors_near_int64_max(device, kwargs, frames, cells):
+    """Latent grid 1 + ceil((T - 1) / tf), ceil(H / sf) without the overflow of (a + b - 1) / b,
+    in the kernel, the reference and the fake kernel alike."""
+    x = torch.randn(3, 2, 9, 3, 16, 16, device=device)
+    weights, tau, sigma = saliency_weights(x, **kwargs)
+    assert tau.shape == (2, frames) and weights.shape == (2, frames, cells, cells)
+    args = {"temporal_factor": 4, "spatial_factor": 8, **kwargs}
+    ref = saliency_weights_ref(x.cpu(), torch.full((3,), 1 / 3), "vae", args["temporal_factor"],
+                               args["spatial_factor"])
+    for got, want in zip((weights, tau, sigma), ref):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-3, atol=1e-4)
+    if HAS_EXTENSION:
+        fake = torch.ops.stream_r1_fast.saliency_weights(
+            x.to("meta"), torch.rand(3, device="meta"), "vae", args["temporal_factor"],
+            args["spatial_factor"], 0.2, 0.15, 1.0, 1.0)
+        assert [t.shape for t in fake] == [weights.shape, tau.shape, sigma.shape]

@@ -343,3 +343,25 @@ def test_bad_scalars(device):
         sink_attention(*args, 3, 3, rope_theta=-1.0)
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         sink_attention(None, *args[1:], 3, 3)
+
+
+@needs_extension
+@pytest.mark.parametrize("index", range(7))
+def test_one_meta_tensor_is_refused(index):
+    """A direct call mixing meta with CPU tensors dispatches to the fake kernel, which must
+    refuse it instead of returning uninitialised memory."""
+    args = _valid_args(torch.device("cpu"))
+    args[index] = torch.empty_like(args[index], device="meta")
+    with pytest.raises((RuntimeError, ValueError), match="must be on the device of q"):
+        torch.ops.stream_r1_fast.sink_attention(*args, 3, 3, 0.125, 10000.0)
+
+
+@pytest.mark.parametrize("grid", [(2**32, 2**32), (2**31, 1), (2**63 - 1, 2)])
+def test_huge_grids_are_refused_not_wrapped(grid):
+    """grid_h * grid_w beyond int32 (2^32 * 2^32 wrapped to 0 and divided by it)."""
+    args = _valid_args(torch.device("cpu"))
+    with pytest.raises(ValueError, match="grid_"):
+        sink_attention(*args, *grid)
+    if use_kernel("sink_attention", "cpu"):
+        with pytest.raises(RuntimeError, match="grid_"):
+            torch.ops.stream_r1_fast.sink_attention(*args, *grid, 0.125, 10000.0)

@@ -1,12 +1,40 @@
 // Input validation shared by the ops' C++ entry points. Every message names the argument
 // and what was expected, so a wrong call reads as a Python RuntimeError, never a crash.
+// The user-facing checks of each op live in its Python module (stream_r1_fast/ops/<op>.py);
+// these keep direct torch.ops calls memory safe: ranks, shapes, dtypes, devices, and every
+// size product computed before use with the overflow-checked helpers below.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <string>
 
 namespace srf {
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+// a * b, or an error naming `what` (the expression, in the argument names) when it
+// overflows int64.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  TORCH_CHECK(!__builtin_mul_overflow(a, b, &r), what, " = ", a, " * ", b,
+              " overflows a 64-bit integer");
+  return r;
+}
+
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  TORCH_CHECK(!__builtin_add_overflow(a, b, &r), what, " = ", a, " + ", b,
+              " overflows a 64-bit integer");
+  return r;
+}
+
+// The kernels index some sizes with 32-bit ints.
+inline void check_int32_size(int64_t v, const char* what) {
+  TORCH_CHECK(v >= 0 && v <= kInt32Max, what, " must be at most 2^31 - 1, got ", v);
+}
 
 inline void check_rank(const at::Tensor& t, const char* name, int64_t rank, const char* layout) {
   TORCH_CHECK(t.dim() == rank, name, " must have ", rank, " dimensions ", layout, ", got shape ",

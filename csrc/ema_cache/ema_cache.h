@@ -36,7 +36,7 @@ struct EmaCachePlan {
   int to_ring;      // the rest go to ring slots
   int free_slots;   // W - ring_count: the first free_slots ring frames need no eviction
   int evict;        // oldest ring frames overwritten this call
-  bool fold;        // evicted frames are folded into the sink (evict == sink_size)
+  bool fold;        // the evicted frames are folded into the sink (evict >= 1, a full sink)
 };
 
 #if defined(__CUDACC__)
@@ -61,8 +61,26 @@ SRF_HOST_DEVICE EmaCachePlan ema_cache_plan(const int* state, int sink_size, int
   p.evict = p.to_ring > p.free_slots ? p.to_ring - p.free_slots : 0;
   // A valid state only evicts once the sink is full (to_sink == 0); the guard keeps a
   // corrupted one from filling and folding the same sink slot in one call.
-  p.fold = p.evict > 0 && p.evict == sink_size && p.to_sink == 0;
+  p.fold = p.evict > 0 && sink_size > 0 && p.to_sink == 0;
   return p;
+}
+
+// The fold rule (docs/method.md, section 2), for every evicted and sink length: sink
+// frame i (0 <= i < sink_size) folds in the mean of the evicted frames [lo, hi), oldest first,
+//   lo = floor(i * evict / sink_size),  hi = max(floor((i + 1) * evict / sink_size), lo + 1).
+// evict == sink_size gives {i}; more evicted frames are averaged in consecutive groups, fewer
+// are shared by consecutive sink frames. The one definition for the CPU kernel, the nvcc and
+// the NVRTC builds (stream_r1_fast.ops.ema_cache_ref.fold_group is its Python mirror).
+SRF_HOST_DEVICE void ema_fold_group(int i, int evict, int sink_size, int* lo, int* hi) {
+  const int64_t l = static_cast<int64_t>(i) * evict / sink_size;
+  const int64_t h = static_cast<int64_t>(i + 1) * evict / sink_size;
+  *lo = static_cast<int>(l);
+  *hi = static_cast<int>(h > l ? h : l + 1);
+}
+
+// Ring slot (0-based inside the ring) of evicted frame j (0 = oldest) of this call.
+SRF_HOST_DEVICE int ema_evicted_slot(const EmaCachePlan& p, int j, int ring) {
+  return (p.ring_start + j) % ring;
 }
 
 // Ring slot (0-based inside the ring) of the i-th frame that goes to the ring this call.

@@ -1,5 +1,6 @@
-// Input validation of ema_cache_update, shared by the CPU and CUDA entry points. Mirrors the
-// checks of stream_r1_fast/ops/ema_cache.py, so a direct torch.ops call fails just as clearly.
+// Input validation of ema_cache_update, shared by the CPU and CUDA entry points: what keeps a
+// direct torch.ops call memory safe (the user-facing checks are check_inputs of
+// stream_r1_fast/ops/ema_cache.py, run by the wrapper and the fake kernel).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -33,6 +34,14 @@ inline EmaCacheParams check_ema_cache_inputs(const at::Tensor& k_cache, const at
               ") must be a multiple of the ", p, " tokens per frame of k_cache");
   const int64_t ring = s - sink_size;
   const int64_t fn = k_new.size(1) / p;
+  // Sizes the kernels compute with (slots as int, element offsets as int64), checked before
+  // use: a tensor with an empty dimension may have others whose product overflows.
+  check_int32_size(s, "k_cache.shape[1] (S, cache slots)");
+  const int64_t frame_elems = checked_mul(checked_mul(p, h, "k_cache.shape[2] * shape[3]"), d,
+                                          "k_cache.shape[2] * shape[3] * shape[4] (frame size)");
+  checked_mul(checked_mul(checked_mul(2, b, "2 * k_cache.shape[0]"), s,
+                          "2 * k_cache.shape[0] * shape[1]"),
+              frame_elems, "2 * k_cache.numel()");
   TORCH_CHECK(fn >= 1 && fn <= ring, "k_new must hold between 1 and W = S - sink_size = ", ring,
               " frames, got ", fn, " (", k_new.size(1), " tokens of ", p, ")");
 
@@ -63,7 +72,7 @@ inline EmaCacheParams check_ema_cache_inputs(const at::Tensor& k_cache, const at
   params.slots = s;
   params.sink_size = sink_size;
   params.new_frames = fn;
-  params.frame_elems = p * h * d;
+  params.frame_elems = frame_elems;
   params.alpha = static_cast<float>(alpha);
   params.one_minus_alpha = static_cast<float>(1.0 - alpha);
   params.dtype = dtype_code(k_cache.scalar_type());

@@ -1,9 +1,10 @@
 // ema_cache_update on the CPU: validation, the data movement (at::parallel_for over the
-// bytes to move, EMA folds in float32) and the state / cache_pos rewrite.
+// elements to move, EMA folds in float32) and the state / cache_pos rewrite.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ema_cache/ema_cache_checks.h"
@@ -21,48 +22,72 @@ void check_state_values(const int* st, int64_t sink_size, int64_t ring) {
               "with the same sink_size");
 }
 
+// Folds the evicted frames into the sink (elements [e0, e0 + n) of every frame of one
+// (tensor, batch) cache), before the new frames overwrite them. Sink frame i takes the mean
+// of its group (ema_fold_group): a float32 sum in group order divided by the group size,
+// blended in float32 and rounded once, as the reference does. A group of one frame is used
+// as it is, so E == S folds bit for bit as the one-frame EMA always did.
+template <typename scalar_t>
+void fold_sink(const EmaCacheParams& prm, const EmaCachePlan& plan, scalar_t* cache, int64_t e0,
+               int64_t n) {
+  const int64_t fe = prm.frame_elems;
+  const int sink_size = static_cast<int>(prm.sink_size);
+  const int ring = static_cast<int>(prm.slots - prm.sink_size);
+  const float a = prm.alpha, one_minus_a = prm.one_minus_alpha;
+  for (int i = 0; i < sink_size; ++i) {
+    int lo, hi;
+    ema_fold_group(i, plan.evict, sink_size, &lo, &hi);
+    auto evicted = [&](int j) -> const scalar_t* {
+      return cache + (prm.sink_size + ema_evicted_slot(plan, j, ring)) * fe + e0;
+    };
+    // Sink and evicted frames are distinct slots: no aliasing, so the loops may vectorise.
+    scalar_t* __restrict__ sink = cache + i * fe + e0;
+    if (hi - lo == 1) {
+      const scalar_t* __restrict__ ev = evicted(lo);
+      for (int64_t e = 0; e < n; ++e) {
+        const float old_part = a * static_cast<float>(sink[e]);
+        const float evicted_part = one_minus_a * static_cast<float>(ev[e]);
+        sink[e] = static_cast<scalar_t>(old_part + evicted_part);
+      }
+      continue;
+    }
+    const float count = static_cast<float>(hi - lo);
+    const scalar_t* __restrict__ first = evicted(lo);
+    for (int64_t e = 0; e < n; ++e) {
+      float sum = static_cast<float>(first[e]);
+      for (int j = lo + 1; j < hi; ++j) sum += static_cast<float>(evicted(j)[e]);
+      const float mean = sum / count;
+      const float old_part = a * static_cast<float>(sink[e]);
+      const float evicted_part = one_minus_a * mean;
+      sink[e] = static_cast<scalar_t>(old_part + evicted_part);
+    }
+  }
+}
+
+// Work items are element ranges of one (tensor, batch) cache: each folds its range of every
+// sink frame, then copies its range of every new frame, so an evicted element is read (by
+// the same task) before it is overwritten and no two tasks touch the same element.
 template <typename scalar_t>
 void move_frames(const EmaCacheParams& prm, const EmaCachePlan& plan) {
   const int64_t fe = prm.frame_elems, s = prm.slots, fn = prm.new_frames;
   const int ring = static_cast<int>(prm.slots - prm.sink_size);
-  const int64_t rows = 2 * prm.batch * fn;  // (tensor, batch, new frame)
-  const float a = prm.alpha, one_minus_a = prm.one_minus_alpha;
+  const int64_t rows = 2 * prm.batch;  // (tensor, batch)
   constexpr int64_t kGrain = 1 << 15;
   at::parallel_for(0, rows * fe, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end;) {
       const int64_t row = idx / fe, e0 = idx % fe;
       const int64_t n = std::min(fe - e0, end - idx);
       idx += n;
-      const bool is_v = row >= prm.batch * fn;
-      const int64_t b = (row % (prm.batch * fn)) / fn;
-      const int f = static_cast<int>(row % fn);
+      const bool is_v = row >= prm.batch;
+      const int64_t b = row % prm.batch;
       auto* cache = static_cast<scalar_t*>(is_v ? prm.v_cache : prm.k_cache) + b * s * fe;
-      const auto* src =
-          static_cast<const scalar_t*>(is_v ? prm.v_new : prm.k_new) + (b * fn + f) * fe + e0;
-      int64_t slot;
-      int64_t fold_into = -1;  // sink slot that absorbs the frame this one overwrites
-      if (f < plan.to_sink) {
-        slot = plan.sink_filled + f;
-      } else {
-        const int i = f - plan.to_sink;
-        slot = prm.sink_size + ema_ring_slot(plan, i, ring);
-        if (plan.fold && i >= plan.free_slots) fold_into = i - plan.free_slots;
-      }
-      scalar_t* dst = cache + slot * fe + e0;
-      if (fold_into >= 0) {
-        // Sink, evicted and new frames are distinct slots / tensors: no aliasing, so the
-        // compiler may vectorise. The evicted frame is read before the new one overwrites it.
-        scalar_t* __restrict__ sink = cache + fold_into * fe + e0;
-        scalar_t* __restrict__ evicted = dst;
-        const scalar_t* __restrict__ fresh = src;
-        for (int64_t e = 0; e < n; ++e) {
-          const float old_part = a * static_cast<float>(sink[e]);
-          const float evicted_part = one_minus_a * static_cast<float>(evicted[e]);
-          sink[e] = static_cast<scalar_t>(old_part + evicted_part);
-        }
-        std::memcpy(evicted, fresh, n * sizeof(scalar_t));
-      } else {
-        std::memcpy(dst, src, n * sizeof(scalar_t));
+      const auto* src = static_cast<const scalar_t*>(is_v ? prm.v_new : prm.k_new) + b * fn * fe;
+      if (plan.fold) fold_sink(prm, plan, cache, e0, n);
+      for (int f = 0; f < fn; ++f) {
+        const int64_t slot = f < plan.to_sink
+                                 ? plan.sink_filled + f
+                                 : prm.sink_size + ema_ring_slot(plan, f - plan.to_sink, ring);
+        std::memcpy(cache + slot * fe + e0, src + f * fe + e0, n * sizeof(scalar_t));
       }
     }
   });

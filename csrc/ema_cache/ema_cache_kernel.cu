@@ -25,7 +25,7 @@ template <typename T>
 void launch_move(const EmaCacheParams& prm, cudaStream_t stream) {
   const int vb = vector_bytes(prm, static_cast<int>(sizeof(T)));
   const int64_t nvec = prm.frame_elems * static_cast<int64_t>(sizeof(T)) / vb;
-  const int64_t rows = 2 * prm.batch * prm.new_frames;
+  const int64_t rows = 2 * prm.batch;  // (tensor, batch): each thread walks every frame
   const int64_t bx = (nvec + kTile - 1) / kTile;
   const dim3 grid(static_cast<unsigned>(bx < kMaxBlocksX ? bx : kMaxBlocksX),
                   static_cast<unsigned>(rows < kMaxBlocksY ? rows : kMaxBlocksY));

@@ -1,6 +1,6 @@
 // saliency_weights: the params struct shared by the CPU and CUDA kernels, and the small pieces
 // of math both must compute identically (latent-grid geometry, trilinear source indices, the
-// min-max / floor / gamma mix). Torch-free: included by the .cu file and by NVRTC as well
+// min-max / gamma mix / floor). Torch-free: included by the .cu file and by NVRTC as well
 // (where floorf / fabsf / fmaxf are builtins and <cmath> does not exist).
 #pragma once
 #if !defined(__CUDACC_RTC__)
@@ -43,12 +43,15 @@ struct Params {
   float* sigma_sum;   // workspace [B, F]: sum over (h, w) of the normalised sigma
 };
 
-SRF_SAL_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b >= 1, without the overflow of (a + b - 1) / b for b near 2^63.
+SRF_SAL_HD int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 // Frames [first, last) of the input pooled into latent frame f: frame 0 alone, then groups of tf.
 SRF_SAL_HD void causal_group(int64_t f, int64_t tf, int64_t T, int64_t* first, int64_t* last) {
+  // f < F = 1 + ceil((T - 1) / tf), so first < T; last = min(first + tf, T) without the
+  // overflow of first + tf for tf near 2^63.
   *first = f == 0 ? 0 : 1 + (f - 1) * tf;
-  *last = f == 0 ? 1 : (1 + f * tf < T ? 1 + f * tf : T);
+  *last = f == 0 ? 1 : (tf < T - *first ? *first + tf : T);
 }
 
 // F.interpolate(mode="trilinear", align_corners=False) along one axis, as ATen computes it:
@@ -90,11 +93,12 @@ SRF_SAL_HD bool range_ok(float lo, float hi, bool all_finite) {
   return all_finite && is_finite(rng) && rng > kRangeRtol * mag;
 }
 
-// (1 - gamma) + gamma * max(hat, floor), hat = (x - lo) / (hi - lo) or 1 for a degenerate range.
+// Stream-R1's order: the strength mix first, then the floor:
+// max((1 - gamma) + gamma * hat, floor), hat = (x - lo) / (hi - lo) or 1 for a degenerate range.
 SRF_SAL_HD float minmax_mix(float x, float lo, float hi, bool ok, float floor, float gamma) {
-  float hat = ok ? (x - lo) / (hi - lo) : 1.f;
-  hat = hat > floor ? hat : floor;
-  return (1.f - gamma) + gamma * hat;
+  const float hat = ok ? (x - lo) / (hi - lo) : 1.f;
+  const float mixed = (1.f - gamma) + gamma * hat;
+  return mixed > floor ? mixed : floor;
 }
 
 #if defined(SRF_WITH_CUDA)

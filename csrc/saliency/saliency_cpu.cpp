@@ -105,7 +105,7 @@ void latent_trilinear(const Params& p) {
   });
 }
 
-// Phase 2, per (b, f): p_f = mean of the latent frame; sigma = min-max / floor / gamma mix of
+// Phase 2, per (b, f): p_f = mean of the latent frame; sigma = min-max / gamma mix / floor of
 // it, divided by its mean (in place over the latent map); sigma_sum for the final W mean.
 void spatial(const Params& p) {
   const int64_t hw = p.h * p.w;

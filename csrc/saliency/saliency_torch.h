@@ -57,13 +57,14 @@ inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weigh
   p.H = saliency.size(saliency.dim() - 2);
   p.W = saliency.size(saliency.dim() - 1);
 
+  // Every tensor argument on one device, the ignored axis_weights of a fused map included.
+  if (axis_weights.defined()) check_same_device(axis_weights, saliency, "axis_weights", "saliency");
   if (p.fused_input) {
     p.axis_weights = nullptr;
     p.axis_weights_b_stride = 0;
   } else {
     TORCH_CHECK(at::isFloatingType(axis_weights.scalar_type()),
                 "axis_weights must be a floating-point tensor, got ", axis_weights.scalar_type());
-    check_same_device(axis_weights, saliency, "axis_weights", "saliency");
     const bool per_axis = axis_weights.dim() == 1 && axis_weights.size(0) == p.A;
     const bool per_sample = axis_weights.dim() == 2 && axis_weights.size(0) == p.B &&
                             axis_weights.size(1) == p.A;

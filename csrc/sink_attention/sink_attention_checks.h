@@ -1,4 +1,6 @@
-// Input validation and params construction shared by the CPU and CUDA entry points.
+// Input validation and params construction shared by the CPU and CUDA entry points: what keeps
+// a direct torch.ops call memory safe (the user-facing checks are check_inputs of
+// stream_r1_fast/ops/sink_attention.py, run by the wrapper and the fake kernel).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -48,7 +50,11 @@ inline SinkAttentionParams sink_attention_params(const at::Tensor& q, const at::
               d);
   TORCH_CHECK(k.sizes() == q.sizes(), "k must have the shape of q ", q.sizes(), ", got ", k.sizes());
   TORCH_CHECK(v.sizes() == q.sizes(), "v must have the shape of q ", q.sizes(), ", got ", v.sizes());
-  const int64_t p = grid_h * grid_w;
+  // Sizes are products of arguments: computed with overflow checks before any use.
+  check_int32_size(grid_h, "sink_attention: grid_h");
+  check_int32_size(grid_w, "sink_attention: grid_w");
+  const int64_t p = checked_mul(grid_h, grid_w, "sink_attention: grid_h * grid_w");
+  check_int32_size(p, "sink_attention: grid_h * grid_w (tokens per frame)");
   TORCH_CHECK(lq % p == 0, "q.shape[1] (Lq = ", lq, ") must be a multiple of grid_h * grid_w = ", p,
               " (whole latent frames)");
   const int64_t s = k_cache.size(1);
@@ -67,9 +73,14 @@ inline SinkAttentionParams sink_attention_params(const at::Tensor& q, const at::
   check_contiguous(k_cache, "k_cache");
   check_contiguous(v_cache, "v_cache");
 
-  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK(s * p + lq <= kIntMax && b <= 65535 && h <= 65535,
-              "sink_attention: sizes too large (keys ", s * p + lq, ", batch ", b, ", heads ", h, ")");
+  const int64_t keys =
+      checked_add(checked_mul(s, p, "sink_attention: k_cache.shape[1] * shape[2] (cached keys)"),
+                  lq, "sink_attention: cached keys + q.shape[1] (keys)");
+  check_int32_size(keys, "sink_attention: k_cache.shape[1] * shape[2] + q.shape[1] (keys)");
+  TORCH_CHECK(b <= 65535, "sink_attention: q.shape[0] (batch) must be at most 65535, got ", b);
+  TORCH_CHECK(h <= 65535, "sink_attention: q.shape[2] (heads) must be at most 65535, got ", h);
+  checked_mul(checked_mul(checked_mul(b, lq, "q.shape[0] * shape[1]"), h, "q.shape[0] * shape[1] * shape[2]"),
+              d, "q.numel()");
 
   SinkAttentionParams prm{};
   prm.q = q.data_ptr();

@@ -5,9 +5,13 @@ Per block the cache holds ``sink_frames + window_frames`` latent frames of pre-R
 attends to [occupied slots | itself] through :func:`~stream_r1_fast.ops.sink_attention` (RoPE
 from the position table, window-relative), and after its context refresh its clean K/V enter
 the cache through :func:`~stream_r1_fast.ops.ema_cache_update` (sink first, then the ring;
-when the ring is full the oldest frames are evicted and, if there are exactly ``sink_frames``
-of them, EMA-folded into the sink). Nothing reads the device state on the host, so a chunk
-step has no host synchronisation and the tensors never change size.
+when the ring is full the oldest frames are evicted and EMA-folded into the sink whatever
+their number: sink frame i folds in the mean of its group of evicted frames,
+``[floor(i*E/S), max(floor((i+1)*E/S), floor(i*E/S)+1))`` for E evicted and S sink frames,
+so E == S folds frame for frame, more are averaged, fewer are shared; docs/method.md,
+section 2). With ``sink_frames = 0`` nothing folds (a sliding window). Nothing reads the
+device state on the host, so a chunk step has no host synchronisation and the tensors never
+change size.
 
 Reward Forcing's cache of ``local_attn_size`` frames *including* the current chunk maps to
 ``sink_frames + window_frames = local_attn_size - chunk_frames`` persistent slots here (the
@@ -31,8 +35,9 @@ class CachePolicy:
     sink_frames: latent frames of attention sink (0: no sink, a plain sliding window).
     window_frames: latent frames of the sliding window (a ring), >= 1; must hold at least one
         chunk.
-    alpha: EMA weight of the old sink when an evicted chunk is folded in (``1.0``: a static
-        sink that keeps the first frames; Reward Forcing: 0.999).
+    alpha: EMA weight of the old sink each time evicted frames are folded in (one EMA step per
+        sink frame per eviction, at every chunk and sink length; ``1.0``: a static sink that
+        keeps the first frames; Reward Forcing: 0.999).
     """
 
     sink_frames: int = 3

@@ -64,7 +64,7 @@ def _vector_bytes(frame_elems: int, elem_size: int, pointers: list[int]) -> int:
 
 def ema_cache_update_cuda(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha):
     """The CUDA kernel of ``stream_r1_fast::ema_cache_update`` (schema: csrc/registration.cpp)."""
-    as_runtime_error(_op._check_inputs, k_cache, v_cache, cache_pos, state, k_new, v_new,
+    as_runtime_error(_op.check_inputs, k_cache, v_cache, cache_pos, state, k_new, v_new,
                      sink_size, alpha)
     if not k_cache.is_cuda:
         raise RuntimeError("k_cache must be a CUDA tensor for the CUDA kernel")
@@ -86,7 +86,7 @@ def ema_cache_update_cuda(k_cache, v_cache, cache_pos, state, k_new, v_new, sink
             elem = k_cache.element_size()
             vb = _vector_bytes(frame_elems, elem, ptrs)
             nvec = frame_elems * elem // vb
-            rows = 2 * b * fn
+            rows = 2 * b  # (tensor, batch): each thread walks every frame
             tile = _K["kThreads"] * _K["kUnroll"]  # kTile
             grid = (min(-(-nvec // tile), _K["kMaxBlocksX"]), min(rows, _K["kMaxBlocksY"]))
             kernel = MODULE.kernel(_move_kernel(CTYPES[k_cache.dtype], vb), device)

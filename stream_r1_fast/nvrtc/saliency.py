@@ -4,6 +4,8 @@ kernels of saliency_kernels.cuh."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -61,10 +63,8 @@ def saliency_weights_cuda(saliency, axis_weights, mode, temporal_factor, spatial
         raise RuntimeError(f"saliency must be a CUDA tensor here (axis_weights is on "
                            f"{axis_weights.device}), got {saliency.device}")
     fused = saliency.dim() == 4
-    as_runtime_error(_op._check_args, saliency, None if fused else axis_weights, mode,
+    as_runtime_error(functools.partial(_op.check_inputs, op=True), saliency, axis_weights, mode,
                      temporal_factor, spatial_factor, tau_floor, sigma_floor, gamma_t, gamma_s)
-    if saliency.dtype not in CTYPES:
-        raise RuntimeError(f"saliency must be float32, float16 or bfloat16, got {saliency.dtype}")
     if not _K:
         _K.update(header_constants(HEADER))
 

@@ -20,7 +20,7 @@ from stream_r1_fast.nvrtc._compile import (
     header_constants,
     torch_stream,
 )
-from stream_r1_fast.ops.sink_attention import _check_inputs
+from stream_r1_fast.ops.sink_attention import check_inputs
 
 HEADER = "sink_attention/sink_attention_kernels.cuh"
 
@@ -40,7 +40,6 @@ LAYOUT = Struct("srf::RopeTableLayout", np.dtype([
 ], align=True))
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # common/dtype_code.h
 _HEAD_DIMS = (64, 128)
-_INT32_MAX = 2**31 - 1
 _ROPE_KERNEL = "srf::attn::rope_table_kernel"
 
 
@@ -133,12 +132,9 @@ def _aligned16(t: torch.Tensor) -> torch.Tensor:
 def sink_attention_cuda(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale,
                         rope_theta):
     """The CUDA kernel of ``stream_r1_fast::sink_attention`` (schema: csrc/registration.cpp)."""
-    as_runtime_error(_check_inputs, q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h,
+    # The op's checks, the kernels' size limits included (keys < 2^31, batch and heads <= 65535).
+    as_runtime_error(check_inputs, q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h,
                      grid_w, scale, rope_theta)
-    b, lq, h, _ = q.shape
-    keys = k_cache.shape[1] * grid_h * grid_w + lq
-    if keys > _INT32_MAX or b > 65535 or h > 65535:
-        raise RuntimeError(f"sink_attention: sizes too large (keys {keys}, batch {b}, heads {h})")
     # Reached with a CPU q only when some other argument is on CUDA: name that mismatch.
     if not q.is_cuda:
         raise RuntimeError(f"sink_attention: all tensors must be on the device of q ({q.device}); "

@@ -1,4 +1,5 @@
-"""Public ``ema_cache_update``: the EMA-Sink KV cache step (Reward Forcing, arXiv 2512.04678).
+"""Public ``ema_cache_update``: the EMA-Sink KV cache step (Reward Forcing, arXiv 2512.04678;
+docs/method.md, section 2, "The EMA-Sink cache").
 
 The semantics are defined by :func:`stream_r1_fast.ops.ema_cache_ref.ema_cache_update_ref`;
 this module validates the arguments, dispatches to the compiled kernel of the tensors' device
@@ -11,6 +12,14 @@ from __future__ import annotations
 import torch
 
 from stream_r1_fast._backend import backend_info, use_kernel
+from stream_r1_fast.ops._checks import (
+    INT32_MAX,
+    check_int,
+    check_number,
+    check_same_device,
+    check_tensors,
+    checked_size,
+)
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
 
 _OP = "ema_cache_update"
@@ -49,8 +58,17 @@ def new_sink_cache(
     return k_cache, v_cache, cache_pos, state
 
 
-def _check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha) -> None:
-    """The checks of csrc/ema_cache/ema_cache_checks.h, with the same messages."""
+def check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha) -> None:
+    """The user-facing checks of ``ema_cache_update``, run by the wrapper, the fake kernel and
+    the NVRTC launcher (csrc/ema_cache/ema_cache_checks.h keeps direct calls memory safe).
+    TypeError / ValueError naming the argument."""
+    check_tensors(k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state,
+                  k_new=k_new, v_new=v_new)
+    check_int("sink_size", sink_size)
+    check_number("alpha", alpha)
+    # One device for every tensor, first: a mixed call may be running the fake kernel.
+    check_same_device("k_cache", k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state,
+                      k_new=k_new, v_new=v_new)
     if k_cache.dim() != 5:
         raise ValueError(
             f"k_cache must have 5 dimensions [B, S, P, H, D], got shape {tuple(k_cache.shape)}"
@@ -95,23 +113,27 @@ def _check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, a
             f"k_new must hold between 1 and W = S - sink_size = {ring} frames, got {fn} "
             f"({k_new.shape[1]} tokens of {p})"
         )
+    # The sizes the kernels compute with (csrc/ema_cache/ema_cache_checks.h): an empty
+    # dimension lets the others multiply past int64.
+    checked_size("k_cache.shape[1] (S, cache slots)", s, INT32_MAX)
+    checked_size("2 * k_cache.numel()", 2 * b * s * p * h * d)
     if k_cache.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"k_cache must be float32, float16 or bfloat16, got {k_cache.dtype}")
     for name, t in (("v_cache", v_cache), ("k_new", k_new), ("v_new", v_new)):
         if t.dtype != k_cache.dtype:
             raise ValueError(f"{name} must have the dtype of k_cache ({k_cache.dtype}), got {t.dtype}")
-    others = {"v_cache": v_cache, "cache_pos": cache_pos, "state": state, "k_new": k_new, "v_new": v_new}
-    for name, t in others.items():
-        if t.device != k_cache.device:
-            raise ValueError(f"{name} must be on the device of k_cache ({k_cache.device}), got {t.device}")
     for name, t, n in (("cache_pos", cache_pos, s), ("state", state, 4)):
         if t.dtype != torch.int32:
             raise ValueError(f"{name} must be int32, got {t.dtype}")
         if t.dim() != 1 or t.numel() != n:
             raise ValueError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
-    for name, t in {"k_cache": k_cache, **others}.items():
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("cache_pos", cache_pos),
+                    ("state", state), ("k_new", k_new), ("v_new", v_new)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+
+
+_check_inputs = check_inputs  # the name the NVRTC launcher used
 
 
 def ema_cache_update(
@@ -140,12 +162,16 @@ def ema_cache_update(
         alpha: EMA weight of the old sink, in [0, 1] (1 keeps a static sink).
 
     New frames fill the sink first, then free ring slots. Once the ring is full its oldest
-    frames are evicted; if exactly ``sink_size`` frames are evicted, evicted frame j is folded
-    into sink frame j token for token, ``sink = alpha * sink + (1 - alpha) * evicted`` in
-    float32, K and V alike; otherwise the evicted frames are dropped. The new frames take the
-    evicted slots. Raises ValueError on malformed arguments, naming the argument.
+    frames are evicted, E >= 1 of them (e_0 oldest), and folded into a full sink of
+    S = ``sink_size`` >= 1 frames whatever E is: sink frame i takes the mean of its group,
+    ``sink_i = alpha * sink_i + (1 - alpha) * mean_{j in [lo_i, hi_i)} e_j`` with
+    ``lo_i = floor(i * E / S)``, ``hi_i = max(floor((i + 1) * E / S), lo_i + 1)``, token for
+    token in float32, K and V alike (E == S: e_i into sink_i; E > S: consecutive evicted frames
+    averaged; E < S: consecutive sink frames share one). ``sink_size = 0``: the evicted frames
+    are dropped (a sliding window). The new frames take the evicted slots. Raises TypeError /
+    ValueError on malformed arguments, naming the argument.
     """
-    _check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha)
+    check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha)
     if use_kernel(_OP, k_cache.device.type):
         torch.ops.stream_r1_fast.ema_cache_update(
             k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha
@@ -158,9 +184,7 @@ if backend_info().name == "extension":
 
     @torch.library.register_fake(f"stream_r1_fast::{_OP}")
     def _ema_cache_update_fake(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha):
-        torch._check(k_cache.dim() == 5 and k_new.dim() == 4, lambda: "ema_cache_update: bad ranks")
-        torch._check(
-            k_new.shape[1] % k_cache.shape[2] == 0,
-            lambda: "ema_cache_update: k_new.shape[1] must be a multiple of the tokens per frame",
-        )
+        # The wrapper's checks: a traced call fails as an eager one would, and a direct call
+        # that mixes meta with real tensors (which lands here) is refused.
+        check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha)
         return None

@@ -1,11 +1,13 @@
 """Stream-R1 Intra-Perplexity weights: reward-gradient saliency -> loss weights on the latent
-grid (DESIGN.md section 3). Semantics: :mod:`stream_r1_fast.ops.saliency_ref`."""
+grid (docs/method.md, section 5, "Intra-Perplexity saliency weights"). Semantics:
+:mod:`stream_r1_fast.ops.saliency_ref`."""
 
 from __future__ import annotations
 
 import torch
 
 from stream_r1_fast._backend import backend_info, use_kernel
+from stream_r1_fast.ops._checks import check_int, check_unit_interval
 from stream_r1_fast.ops.saliency_ref import latent_grid, saliency_weights_ref
 
 __all__ = ["axis_weights_from_rewards", "saliency_weights"]
@@ -57,8 +59,10 @@ def saliency_weights(
         temporal_factor, spatial_factor: the VAE's compression (Wan: 4 and 8). The latent grid
             is F = 1 + ceil((T - 1) / temporal_factor), h = ceil(H / spatial_factor),
             w = ceil(W / spatial_factor).
-        tau_floor, sigma_floor: floors of the min-max normalised temporal / spatial profiles.
-        gamma_t, gamma_s: strengths in [0, 1], ``(1 - gamma) + gamma * profile`` (0 = uniform).
+        gamma_t, gamma_s: strengths in [0, 1]: the min-max normalised temporal / spatial
+            profile becomes ``(1 - gamma) + gamma * profile`` (0 = uniform) ...
+        tau_floor, sigma_floor: ... and is then floored, ``max(that, floor)`` (Stream-R1's
+            order: mix, then floor), before division by its mean.
 
     Returns:
         ``(weights [B, F, h, w], tau [B, F], sigma [B, F, h, w])``, float32 (float64 for a
@@ -66,8 +70,8 @@ def saliency_weights(
         tau has mean 1 over F, sigma mean 1 over (h, w) per frame. Constant, zero or
         non-finite saliency gives uniform weights.
     """
-    _check_args(saliency, axis_weights, mode, temporal_factor, spatial_factor,
-                tau_floor, sigma_floor, gamma_t, gamma_s)
+    check_inputs(saliency, axis_weights, mode, temporal_factor, spatial_factor,
+                 tau_floor, sigma_floor, gamma_t, gamma_s)
     saliency = saliency.detach()
     if saliency.dim() == 4:
         axis_weights = saliency.new_empty(0, dtype=torch.float32)
@@ -91,45 +95,60 @@ def _describe(x: object) -> str:
     return f"{type(x).__name__}"
 
 
-def _check_args(saliency, axis_weights, mode, temporal_factor, spatial_factor,
-                tau_floor, sigma_floor, gamma_t, gamma_s) -> None:
-    """The public checks, the same whichever backend runs (the C++ op repeats them)."""
+def check_inputs(saliency, axis_weights, mode, temporal_factor, spatial_factor,
+                 tau_floor, sigma_floor, gamma_t, gamma_s, *, op: bool = False) -> None:
+    """The user-facing checks of ``saliency_weights``, run by the wrapper, the fake kernel and
+    the NVRTC launcher (csrc/saliency/saliency_torch.h keeps direct calls memory safe).
+    ``axis_weights`` may be None (the wrapper's default); ``op``: the arguments of the op
+    itself, whose kernels take no float64. TypeError / ValueError naming the argument."""
     if not isinstance(saliency, torch.Tensor):
         raise TypeError(f"saliency must be a tensor, got {_describe(saliency)}")
-    if saliency.dim() not in (4, 6):
-        raise ValueError(
-            "saliency must be per-axis gradients [A, B, T, C, H, W] or a fused map [B, T, H, W], "
-            f"got shape {tuple(saliency.shape)}"
-        )
-    if saliency.dtype not in _KERNEL_DTYPES + (torch.float64,):
-        raise TypeError(f"saliency must be float32, float16, bfloat16 or float64, got {saliency.dtype}")
-    if saliency.numel() == 0:
-        raise ValueError(f"saliency must have no empty dimension, got shape {tuple(saliency.shape)}")
-    if not saliency.is_contiguous():
-        raise ValueError("saliency must be contiguous (call .contiguous() first)")
-    if saliency.dim() == 6 and axis_weights is not None:
-        if not isinstance(axis_weights, torch.Tensor) or not axis_weights.is_floating_point():
+    if axis_weights is not None:
+        if not isinstance(axis_weights, torch.Tensor):
             raise TypeError(f"axis_weights must be a floating-point tensor, got {_describe(axis_weights)}")
+        # Every tensor on one device (the ignored axis_weights of a fused map too): a call that
+        # mixes meta with real tensors runs the fake kernel, which must refuse it.
         if axis_weights.device != saliency.device:
             raise ValueError(
                 f"axis_weights must be on the device of saliency ({saliency.device}), "
                 f"got {axis_weights.device}"
             )
+    if saliency.dim() not in (4, 6):
+        raise ValueError(
+            "saliency must be per-axis gradients [A, B, T, C, H, W] or a fused map [B, T, H, W], "
+            f"got shape {tuple(saliency.shape)}"
+        )
+    dtypes = _KERNEL_DTYPES if op else _KERNEL_DTYPES + (torch.float64,)
+    if saliency.dtype not in dtypes:
+        names = "float32, float16 or bfloat16" if op else "float32, float16, bfloat16 or float64"
+        raise TypeError(f"saliency must be {names}, got {saliency.dtype}")
+    if saliency.numel() == 0:
+        raise ValueError(f"saliency must have no empty dimension, got shape {tuple(saliency.shape)}")
+    if not saliency.is_contiguous():
+        raise ValueError("saliency must be contiguous (call .contiguous() first)")
+    if saliency.dim() == 6 and axis_weights is not None:
+        if not axis_weights.is_floating_point():
+            raise TypeError(f"axis_weights must be a floating-point tensor, got {_describe(axis_weights)}")
         a, b = saliency.shape[0], saliency.shape[1]
         if tuple(axis_weights.shape) not in ((a,), (b, a)):
             raise ValueError(
                 f"axis_weights must have shape [A] = [{a}] or [B, A] = [{b}, {a}] for saliency of "
                 f"shape {tuple(saliency.shape)}, got {tuple(axis_weights.shape)}"
             )
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be 'vae' or 'trilinear', got {_describe(mode)}")
     if mode not in _MODES:
         raise ValueError(f"mode must be 'vae' or 'trilinear', got {mode!r}")
-    for name, value in (("temporal_factor", temporal_factor), ("spatial_factor", spatial_factor)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    # Any factor up to 2^63 - 1: the latent grid is computed without overflow (latent_grid
+    # here, ceil_div in csrc/saliency/saliency.h).
+    check_int("temporal_factor", temporal_factor, 1)
+    check_int("spatial_factor", spatial_factor, 1)
     for name, value in (("tau_floor", tau_floor), ("sigma_floor", sigma_floor),
                         ("gamma_t", gamma_t), ("gamma_s", gamma_s)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        check_unit_interval(name, value)
+
+
+_check_args = check_inputs  # the older name
 
 
 if backend_info().name == "extension":
@@ -137,9 +156,12 @@ if backend_info().name == "extension":
     @torch.library.register_fake("stream_r1_fast::" + _OP)
     def _saliency_weights_fake(saliency, axis_weights, mode, temporal_factor, spatial_factor,
                                tau_floor, sigma_floor, gamma_t, gamma_s):
-        torch._check(saliency.dim() in (4, 6), lambda: "saliency must have 4 or 6 dimensions")
-        torch._check(temporal_factor >= 1 and spatial_factor >= 1, lambda: "factors must be >= 1")
+        # The op's checks: a traced call fails as an eager one would, and a direct call that
+        # mixes meta with real tensors (which lands here) is refused.
+        check_inputs(saliency, axis_weights, mode, temporal_factor, spatial_factor, tau_floor,
+                     sigma_floor, gamma_t, gamma_s, op=True)
         b, t, h, w = (saliency.shape[i] for i in ((0, 1, 2, 3) if saliency.dim() == 4 else (1, 2, 4, 5)))
+        # The kernels' own sizes (ceil_div of csrc/saliency/saliency.h, exact for any factor).
         f_lat, h_lat, w_lat = latent_grid(t, h, w, temporal_factor, spatial_factor)
         weights = saliency.new_empty((b, f_lat, h_lat, w_lat), dtype=torch.float32)
         return weights, saliency.new_empty((b, f_lat), dtype=torch.float32), torch.empty_like(weights)

@@ -1,5 +1,5 @@
 """PyTorch definition of ``saliency_weights`` (Stream-R1's Intra-Perplexity weights,
-arXiv 2605.03849, as specified in DESIGN.md section 3).
+arXiv 2605.03849; docs/method.md, section 5, "Intra-Perplexity saliency weights").
 
 From per-axis reward gradients w.r.t. pixels g[A, B, T, C, H, W]:
 1. saliency per axis ``S_m = ||g_m||_2`` over the colour channels, fused
@@ -8,10 +8,11 @@ From per-axis reward gradients w.r.t. pixels g[A, B, T, C, H, W]:
    w = ceil(W/sf): ``vae`` averages over the VAE's causal groups (frame 0 alone, then groups
    of tf frames; sf x sf pixels; partial groups at the edges average what they hold), or
    ``trilinear`` resamples (``F.interpolate``, align_corners=False);
-3. temporal ``p_f = mean_{h,w} L[f]``, min-max normalised over f, ``tau = max(p_hat, tau_floor)``,
-   mixed with uniform ``(1-gamma_t) + gamma_t*tau``, divided by its mean over f;
-4. spatial per frame: min-max over (h, w), ``sigma = max(S_hat, sigma_floor)``, mixed with
-   ``gamma_s``, divided by its mean over (h, w);
+3. temporal ``p_f = mean_{h,w} L[f]``, min-max normalised over f, mixed with uniform by the
+   strength, ``(1-gamma_t) + gamma_t*p_hat``, THEN floored, ``tau = max(that, tau_floor)``
+   (Stream-R1's order: mix, then floor), divided by its mean over f;
+4. spatial per frame: min-max over (h, w), mixed with ``gamma_s``, then floored,
+   ``sigma = max((1-gamma_s) + gamma_s*S_hat, sigma_floor)``, divided by its mean over (h, w);
 5. ``W = tau_f * sigma_f[h, w]``, divided by its mean over (F, h, w).
 
 A min-max over a constant yields 1 everywhere, so constant or zero saliency and one-frame
@@ -63,7 +64,10 @@ def to_latent_grid(
         raise ValueError(f"mode must be 'vae' or 'trilinear', got {mode!r}")
     # Frame 0 alone, then groups of temporal_factor: pad the front so that frame 0 fills a
     # group by itself, and divide by the count of real entries per cell.
-    tf, sf = temporal_factor, spatial_factor
+    # A factor beyond the input's extent groups what a factor of that extent groups (one
+    # temporal group after frame 0; one cell per row / column): clamped, the padding stays
+    # the input's size for any factor up to 2^63 - 1.
+    tf, sf = min(temporal_factor, max(t - 1, 1)), min(spatial_factor, max(h, w))
     f_lat, h_lat, w_lat = size
     padded = s.new_zeros(b, 1 + (f_lat - 1) * tf, h_lat * sf, w_lat * sf)
     count = s.new_zeros(1, *padded.shape[1:])
@@ -77,13 +81,15 @@ def to_latent_grid(
     return pool(padded) / pool(count)
 
 
-def _minmax_floor_mix(x: torch.Tensor, dims: tuple[int, ...], floor: float, gamma: float) -> torch.Tensor:
+def _minmax_mix_floor(x: torch.Tensor, dims: tuple[int, ...], floor: float, gamma: float) -> torch.Tensor:
+    """Min-max over ``dims``, strength mix ``(1 - gamma) + gamma * hat``, then the floor, then
+    division by the mean (csrc/saliency/saliency.h: minmax_mix)."""
     lo = x.amin(dim=dims, keepdim=True)
     hi = x.amax(dim=dims, keepdim=True)
     rng = hi - lo
     ok = torch.isfinite(rng) & (rng > RANGE_RTOL * torch.maximum(lo.abs(), hi.abs()))
     hat = torch.where(ok, (x - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.ones_like(x))
-    mixed = (1.0 - gamma) + gamma * hat.clamp_min(floor)
+    mixed = ((1.0 - gamma) + gamma * hat).clamp_min(floor)
     return mixed / mixed.mean(dim=dims, keepdim=True)
 
 
@@ -102,8 +108,8 @@ def saliency_weights_ref(
     (float64 for float64 input)."""
     fused = fuse_saliency(saliency, axis_weights)
     lat = to_latent_grid(fused, mode, temporal_factor, spatial_factor)
-    tau = _minmax_floor_mix(lat.mean(dim=(2, 3)), (1,), tau_floor, gamma_t)
-    sigma = _minmax_floor_mix(lat, (2, 3), sigma_floor, gamma_s)
+    tau = _minmax_mix_floor(lat.mean(dim=(2, 3)), (1,), tau_floor, gamma_t)
+    sigma = _minmax_mix_floor(lat, (2, 3), sigma_floor, gamma_s)
     weights = tau[:, :, None, None] * sigma
     weights = weights / weights.mean(dim=(1, 2, 3), keepdim=True)
     return weights, tau, sigma

@@ -9,9 +9,12 @@ formula (backward w.r.t. q, k, v of the chunk) that ``torch.compile`` and traini
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from stream_r1_fast._backend import backend_info, use_kernel
+from stream_r1_fast.ops._checks import INT32_MAX, check_int, check_number, check_same_device, check_tensors, checked_size
 from stream_r1_fast.ops.rope import apply_rope, rope_angles
 from stream_r1_fast.ops.sink_attention_ref import rotated_keys_values, sink_attention_ref
 
@@ -23,21 +26,24 @@ _HEAD_DIMS = (64, 128)
 _BWD_TILE_ELEMENTS = 1 << 25
 
 
-def _check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta) -> None:
-    """The checks of csrc/sink_attention/sink_attention_checks.h, with the same messages."""
-    for name, t in (("q", q), ("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache),
-                    ("cache_pos", cache_pos), ("q_pos", q_pos)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, val in (("grid_h", grid_h), ("grid_w", grid_w)):
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise TypeError(f"{name} must be an int, got {type(val).__name__}")
+def check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta) -> None:
+    """The user-facing checks of ``sink_attention``, run by the wrapper, the fake kernel and
+    the NVRTC launcher, with the messages of csrc/sink_attention/sink_attention_checks.h
+    (which keeps direct calls memory safe). TypeError / ValueError naming the argument."""
+    check_tensors(q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, q_pos=q_pos)
+    check_int("grid_h", grid_h)
+    check_int("grid_w", grid_w)
     if grid_h <= 0 or grid_w <= 0:
         raise ValueError(f"sink_attention: grid_h and grid_w must be positive, got {grid_h} and {grid_w}")
-    if scale is not None and not (isinstance(scale, (int, float)) and abs(float(scale)) < float("inf")):
-        raise ValueError(f"sink_attention: scale must be a finite float or None, got {scale!r}")
-    if not (isinstance(rope_theta, (int, float)) and 0 < float(rope_theta) < float("inf")):
+    if scale is not None:
+        check_number("scale", scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"sink_attention: scale must be a finite float or None, got {scale!r}")
+    check_number("rope_theta", rope_theta)
+    if not 0 < rope_theta < math.inf:
         raise ValueError(f"sink_attention: rope_theta must be positive, got {rope_theta!r}")
+    # One device for every tensor, first: a mixed call may be running the fake kernel.
+    check_same_device("q", q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, q_pos=q_pos)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must have 4 dimensions [B, Lq, H, D], got shape {tuple(t.shape)}")
@@ -49,17 +55,16 @@ def _check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, s
     for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != q.dtype:
             raise ValueError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache),
-                    ("cache_pos", cache_pos), ("q_pos", q_pos)):
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
     b, lq, h, d = q.shape
     if d not in _HEAD_DIMS:
         raise ValueError(f"sink_attention: head_dim (last dim of q) must be 64 or 128, got {d}")
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape:
             raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
-    p = grid_h * grid_w
+    # Sizes the kernels index with 32-bit ints (sink_attention_checks.h), checked before use.
+    checked_size("sink_attention: grid_h", grid_h, INT32_MAX)
+    checked_size("sink_attention: grid_w", grid_w, INT32_MAX)
+    p = checked_size("sink_attention: grid_h * grid_w (tokens per frame)", grid_h * grid_w, INT32_MAX)
     if lq % p != 0:
         raise ValueError(
             f"q.shape[1] (Lq = {lq}) must be a multiple of grid_h * grid_w = {p} (whole latent frames)"
@@ -81,6 +86,12 @@ def _check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, s
                     ("cache_pos", cache_pos), ("q_pos", q_pos)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    checked_size("sink_attention: k_cache.shape[1] * shape[2] + q.shape[1] (keys)", s * p + lq, INT32_MAX)
+    checked_size("sink_attention: q.shape[0] (batch)", b, 65535)
+    checked_size("sink_attention: q.shape[2] (heads)", h, 65535)
+
+
+_check_inputs = check_inputs  # the older name
 
 
 def sink_attention(
@@ -117,7 +128,7 @@ def sink_attention(
         w.r.t. q, k and v (the cache is treated as a constant). Raises TypeError / ValueError
         naming the offending argument on malformed input.
     """
-    _check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta)
+    check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta)
     if torch.is_autocast_enabled(q.device.type):
         # The inputs share one dtype (checked); autocast must not recast them inside the op
         # (the CPU kernel then fails on mixed float32 / bfloat16 operands).
@@ -202,13 +213,9 @@ if backend_info().name == "extension":
 
     @torch.library.register_fake(f"stream_r1_fast::{_OP}")
     def _sink_attention_fake(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta):
-        torch._check(q.dim() == 4 and k_cache.dim() == 5, lambda: "sink_attention: bad ranks")
-        torch._check(q.shape[-1] == 64 or q.shape[-1] == 128, lambda: "sink_attention: head_dim must be 64 or 128")
-        torch._check(
-            q.shape[1] % (grid_h * grid_w) == 0,
-            lambda: "sink_attention: q.shape[1] must be a multiple of grid_h * grid_w",
-        )
-        torch._check(k_cache.shape[2] == grid_h * grid_w, lambda: "sink_attention: k_cache.shape[2] != grid_h * grid_w")
+        # The wrapper's checks: a traced call fails as an eager one would, and a direct call
+        # that mixes meta with real tensors (which lands here) is refused.
+        check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta)
         b, lq, h, d = q.shape
         return q.new_empty((b, lq, h, d)), q.new_empty((b, h, lq), dtype=torch.float32)
 

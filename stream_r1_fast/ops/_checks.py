@@ -1,0 +1,80 @@
+"""Argument checks shared by the ops' user-facing validation (one ``check_inputs`` per op, run
+by the public wrapper, by the fake kernel and by the NVRTC launcher). Every message names the
+argument. The C++ entry points keep the memory-safety checks (csrc/common/checks.h) that also
+protect direct ``torch.ops`` calls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+
+
+def _type_name(x: object) -> str:
+    return type(x).__name__
+
+
+def check_tensors(**tensors: object) -> None:
+    """TypeError naming the first argument that is not a tensor."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(t)}")
+
+
+def check_same_device(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """All tensors on the device of ``ref``. Also where the fake kernel runs: a call that mixes
+    ``meta`` with real tensors dispatches to the fake kernel, which must refuse it."""
+    for name, t in tensors.items():
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def check_int(name: str, value: object, lo: int | None = None, hi: int = INT64_MAX) -> int:
+    """An int (not a bool) in ``[lo, hi]`` (``hi`` defaults to the int64 range the op's schema
+    takes); TypeError for another type, ValueError out of range. SymInts pass unchecked."""
+    if isinstance(value, torch.SymInt):
+        return value
+    # Plain types (no numbers ABCs): torch.compile traces these checks without a graph break.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {_type_name(value)}")
+    low = -INT64_MAX - 1 if lo is None else lo
+    if not low <= value <= hi:
+        bounds = f">= {low}" if hi == INT64_MAX else f"in [{low}, {hi}]"
+        raise ValueError(f"{name} must be an int {bounds}, got {value}")
+    return value
+
+
+def check_number(name: str, value: object) -> float:
+    """A real number (not a bool); TypeError otherwise."""
+    if isinstance(value, torch.SymFloat):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {_type_name(value)}")
+    return float(value)
+
+
+def check_unit_interval(name: str, value: object) -> float:
+    v = check_number(name, value)
+    if not 0.0 <= v <= 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return v
+
+
+def check_finite(name: str, value: object) -> float:
+    v = check_number(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def checked_size(what: str, value: int, limit: int = INT64_MAX) -> int:
+    """A size computed from the arguments (Python ints never wrap): ValueError naming the
+    expression when it exceeds what the kernels index with (int64, or ``limit``)."""
+    if isinstance(value, int) and value > limit:
+        bound = "2^63 - 1 (int64)" if limit == INT64_MAX else ("2^31 - 1" if limit == INT32_MAX else str(limit))
+        raise ValueError(f"{what} = {value} exceeds {bound}")
+    return value
