@@ -408,3 +408,44 @@ def test_import_does_not_pull_in_fastapi_and_cli_hook():
         build_app(build_parser().parse_args(["serve", "--max-streams", "0"]))
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         build_app(build_parser().parse_args(["serve", "--model", "/nonexistent/wan"]))
+
+
+def test_wan_weights_same_protocol(tmp_path):
+    """`--model` serves a diffusers Wan folder (tiny random components here, on the CPU) through
+    the same app: free-text prompts, the UMT5 text encoder re-encoding on a switch."""
+    from tiny_wan import write_pipeline_dir
+
+    from stream_r1_fast.cli import build_parser
+    from stream_r1_fast.serve.cli import build_app
+
+    folder = write_pipeline_dir(tmp_path / "wan")
+    args = build_parser().parse_args(["serve", "--model", str(folder), "--dtype", "fp32", "--device", "cpu",
+                                      "--height", "16", "--width", "24", "--fps", "0"])
+    app = build_app(args)
+    backend = app.state.server.backend
+    assert not backend.cheap_prompt_check and backend.check_prompt is None
+    with TestClient(app) as c:
+        with c.websocket_connect("/ws") as ws:
+            hello = ws.receive_json()
+            assert (hello["height"], hello["width"]) == (16, 24) and "wan" in hello["model"]
+            ws.send_json({"type": "start", "prompt": "a red circle moves left", "seed": 2, "max_chunks": 4})
+            msg, frames = read_chunk(ws)
+            assert msg["index"] == 0 and frames[0].shape == (16, 24, 3)
+            ws.send_json({"type": "switch", "prompt": "a blue square moves up"})
+            receive(ws, until=("switch_ok",))
+            prompts = [msg["prompt"]]
+            while True:
+                msg, _ = read_chunk(ws)
+                if msg["type"] != "chunk":
+                    break
+                prompts.append(msg["prompt"])
+            assert msg["reason"] == "limit" and len(prompts) == 4
+            assert prompts[0] == "a red circle moves left" and prompts[-1] == "a blue square moves up"
+        wait_idle(c)
+    # large frames go as JPEG
+    from stream_r1_fast.serve.backend import Backend
+
+    big = Backend(backend.pipe, "x", 480, 832)
+    assert big.frame_format == "jpeg" and big.mime == "image/jpeg"
+    jpeg = big.encode_frames(np.full((1, 480, 832, 3), 128, np.uint8))[0]
+    assert jpeg[:2] == b"\xff\xd8" and Image.open(io.BytesIO(jpeg)).size == (832, 480)
