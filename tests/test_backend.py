@@ -63,14 +63,15 @@ def test_forced_reference_backend_reports_and_works():
 
 
 def test_invalid_backend_value_is_rejected():
-    res = _run("import stream_r1_fast", **{BACKEND_ENV: "fastest"})
+    # Checked when the backend is chosen: on first use of the ops.
+    res = _run("import stream_r1_fast; stream_r1_fast.sink_attention", **{BACKEND_ENV: "fastest"})
     assert res.returncode != 0
     assert "STREAM_R1_FAST_BACKEND" in res.stderr and "expected" in res.stderr
 
 
 def test_forced_extension_that_cannot_load_fails_clearly():
     res = _run(
-        "import stream_r1_fast",
+        "import stream_r1_fast.ops",
         **{BACKEND_ENV: "extension", EXTENSION_ENV: "/nonexistent/_C.so"},
     )
     assert res.returncode != 0
