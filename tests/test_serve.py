@@ -313,6 +313,21 @@ def test_pause_resume_stop_and_chunk_limit(client):
     wait_idle(client)
 
 
+def test_paused_too_long_is_stopped(backend):
+    app = create_app(backend, max_streams=1, fps=0, pause_timeout_s=0.3)
+    with TestClient(app) as c:
+        with c.websocket_connect("/ws") as ws:
+            ws.receive_json()
+            ws.send_json({"type": "start", "prompt": A, "seed": 0})
+            read_chunk(ws)
+            ws.send_json({"type": "pause"})
+            stopped = receive(ws, until=("stopped",))
+            assert stopped["reason"] == "pause_timeout" and "free its slot" in stopped["message"]
+            wait_idle(c)
+            ws.send_json({"type": "resume"})
+            assert "no stream to resume" in receive(ws, until=("error",))["message"]
+
+
 def test_same_seed_same_frames_random_seed_reported(client):
     def first_chunk(seed):
         with client.websocket_connect("/ws") as ws:

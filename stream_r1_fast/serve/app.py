@@ -9,6 +9,7 @@ fixed pool of ``max_streams`` worker threads, one chunk per job, never on the ev
 disconnect cancels the session's stream, closes its :class:`~stream_r1_fast.inference.pipeline.LiveStream`
 (its KV cache is freed when the chunk in progress is done) and gives the slot back.
 
+A stream paused for more than ``pause_timeout_s`` is stopped (it holds a slot while paused).
 With ``fps > 0`` a stream is paced to real time: it runs at most ``lead_s`` seconds of video
 ahead of playback, so a prompt switch shows within about a chunk (``fps=0``: as fast as it
 can, for benchmarks).
@@ -107,11 +108,12 @@ class Server:
 
     def __init__(self, backend: Backend, *, max_streams: int = 2, max_queue: int = 8, max_chunks: int | None = 1200,
                  fps: float | None = None, lead_s: float = 1.0, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 check_origin: bool = True):
+                 check_origin: bool = True, pause_timeout_s: float = 300.0):
         self.backend = backend
         self.max_streams, self.max_queue, self.max_chunks = max_streams, max_queue, max_chunks
         self.fps = backend.fps if fps is None else fps
         self.lead_s = lead_s
+        self.pause_timeout_s = pause_timeout_s  # a stream paused longer is stopped (it holds a slot)
         self.max_message_bytes = max_message_bytes
         self.check_origin = check_origin
         self.slots = StreamSlots(max_streams, max_queue)
@@ -305,7 +307,13 @@ class Session:
             while True:
                 if not self.running.is_set():
                     t_pause = time.perf_counter()
-                    await self.running.wait()
+                    try:
+                        await asyncio.wait_for(self.running.wait(), server.pause_timeout_s)
+                    except asyncio.TimeoutError:
+                        await self.send({"type": "stopped", "reason": "pause_timeout", "message":
+                                         f"paused for more than {server.pause_timeout_s:g} s: the stream was stopped "
+                                         "to free its slot"})
+                        break
                     if play0 is not None:
                         play0 += time.perf_counter() - t_pause
                 if fps and play0 is not None:

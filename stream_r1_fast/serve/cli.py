@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-chunks", type=int, default=1200, help="chunks per stream at most (default 1200, 15 min of video)")
     p.add_argument("--fps", type=float, default=None,
                    help="pace streams to this playback rate (default: the model's, 16; 0: as fast as generated)")
+    p.add_argument("--pause-timeout", type=float, default=300.0,
+                   help="seconds a stream may stay paused before it is stopped to free its slot (default 300)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 for the toy world, whose tiny ops are fastest on one thread per stream)")
     p.add_argument("--log-level", default="info")
@@ -46,15 +48,15 @@ def build_app(args):
     for name in ("max_streams", "port"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_queue < 0 or args.max_chunks < 1 or (args.fps is not None and args.fps < 0):
-        raise ValueError("--max-queue must be >= 0, --max-chunks >= 1 and --fps >= 0")
+    if args.max_queue < 0 or args.max_chunks < 1 or (args.fps is not None and args.fps < 0) or args.pause_timeout <= 0:
+        raise ValueError("--max-queue must be >= 0, --max-chunks >= 1, --fps >= 0 and --pause-timeout > 0")
     if args.model:
         backend = wan_backend(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
                               height=args.height, width=args.width)
     else:
         backend = toy_backend(args.checkpoint)
     return create_app(backend, max_streams=args.max_streams, max_queue=args.max_queue,
-                      max_chunks=args.max_chunks, fps=args.fps)
+                      max_chunks=args.max_chunks, fps=args.fps, pause_timeout_s=args.pause_timeout)
 
 
 def run(args) -> int:
