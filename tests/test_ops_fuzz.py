@@ -159,23 +159,6 @@ def test_regressions_of_the_review():
     run_cases(list(REGRESSIONS.values()))
 
 
-def test_temporal_factor_near_int64_max_gives_two_latent_frames():
-    """T = 9 frames, temporal_factor 2^63 - 1: latent frames 1 + ceil(8 / tf) = 2 (the
-    overflowing ceil-div gave 1), in the kernel as in the fake kernel."""
-    code = (
-        "import torch, stream_r1_fast\n"
-        "x = torch.randn(3, 2, 9, 3, 16, 16)\n"
-        "w, tau, s = stream_r1_fast.saliency_weights(x, temporal_factor=2**63 - 1)\n"
-        "assert tau.shape == (2, 2), tau.shape\n"
-        "m = torch.ops.stream_r1_fast.saliency_weights(x.to('meta'), torch.rand(3, device='meta'),"
-        " 'vae', 2**63 - 1, 2**63 - 1, 0.2, 0.15, 1.0, 1.0)\n"
-        "assert m[1].shape == (2, 2) and m[0].shape == (2, 2, 1, 1), [t.shape for t in m]\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=CHILD_TIMEOUT_S)
-    assert proc.returncode == 0, f"{_describe_exit(proc.returncode)}\n{proc.stderr[-2000:]}"
-
-
 # ---- hypothesis: mutations of valid calls ----------------------------------------------------
 
 DTYPE_NAMES = ["float32", "float16", "bfloat16", "float64", "int32", "int64", "bool"]
@@ -252,27 +235,34 @@ def cases(draw) -> dict:
                 seed=draw(st.integers(0, 2**16)))
 
 
-@settings(max_examples=3, derandomize=True, deadline=None, phases=[Phase.generate],
-          suppress_health_check=list(HealthCheck))
-@given(batch=st.lists(cases(), min_size=120, max_size=120))
-def test_hostile_inputs_never_crash_and_errors_name_an_argument(batch):
+def generated_cases(n: int = 300) -> list[dict]:
+    """``n`` cases drawn by hypothesis with a fixed seed (derandomize), collected in this
+    process so that they all run in one child."""
+    collected: list[dict] = []
+
+    @settings(max_examples=n, derandomize=True, database=None, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=cases())
+    def collect(case):
+        collected.append(case)
+
+    collect()
+    return collected
+
+
+def test_hostile_inputs_never_crash_and_errors_name_an_argument():
+    batch = generated_cases()
+    assert len(batch) >= 250 and len({repr(c) for c in batch}) >= 200, "too few distinct cases"
     run_cases(batch)
 
 
 def test_a_crash_is_caught_and_its_case_named():
     """The harness itself: a case that aborts its process fails the run, named, while the
-    batch's well-behaved case is not blamed."""
-    good = dict(op="ema_cache_update", call="wrapper", args=_ema_args(a7="0.5"))
+    batch's well-behaved case is not blamed (both are torch-free worker self-test cases)."""
+    fine = dict(op="_fine", call="direct", args=[])
     crash = dict(op="_abort", call="direct", args=[], marker="the crashing one")
     with pytest.raises(AssertionError) as info:
-        run_cases([good, crash])
+        run_cases([fine, crash])
     message = str(info.value)
     assert "killed by SIGABRT" in message and "the crashing one" in message, message
     assert "1 of 2 cases misbehaved" in message, message
-
-
-@pytest.mark.parametrize("name", sorted(REGRESSIONS))
-def test_regression_cases_are_well_formed(name):
-    """The explicit cases name real ops and arguments (cheap, in this process)."""
-    case = REGRESSIONS[name]
-    assert case["op"] in BASES and case["call"] in ("wrapper", "direct")
