@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,36 +28,65 @@ FPS = 16  # Wan2.1's frame rate
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+class UsageError(Exception):
+    """A bad option or input file, found before or while running: :func:`main` prints it as one
+    line naming the option and returns 2 (``--debug``: with the traceback)."""
+
+
+# What main reports as one line with exit status 2; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_MODEL_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+CHUNK_FRAMES = 3  # latent frames per chunk (the pipeline's default)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def read_prompt_schedule(path: str | Path, chunk_seconds: float) -> dict[int, str]:
     """A schedule file -> ``{chunk: prompt}``. JSON: ``[{"at": seconds, "prompt": str}, ...]``;
     text: one ``SECONDS<whitespace>PROMPT`` per line (``#`` comments). A switch takes effect at
-    the first chunk starting at or after its time."""
+    the first chunk starting at or after its time. Every entry is checked (a finite time >= 0,
+    a non-empty prompt; the first at 0 s): a ValueError names the file (and line) of a bad one."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"prompt schedule {path} does not exist")
-    text = path.read_text()
-    entries: list[tuple[float, str]] = []
+    if not path.is_file():
+        raise IsADirectoryError(f"prompt schedule {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
+    entries: list[tuple[str, object, object]] = []  # (where, seconds, prompt)
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(e, dict) and {"at", "prompt"} <= e.keys() for e in data):
             raise ValueError(f'{path}: expected a JSON list of {{"at": seconds, "prompt": text}}')
-        entries = [(float(e["at"]), e["prompt"]) for e in data]
+        entries = [(f"{path}: entry {n}", e["at"], e["prompt"]) for n, e in enumerate(data)]
     else:
         for n, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            head, _, prompt = line.partition(" ")
+            head, *rest = line.split(None, 1)
             try:
-                entries.append((float(head), prompt.strip()))
+                at = float(head)
             except ValueError:
                 raise ValueError(f"{path}:{n}: expected 'SECONDS PROMPT', got {line!r}") from None
+            entries.append((f"{path}:{n}", at, rest[0].strip() if rest else ""))
     if not entries:
         raise ValueError(f"{path} holds no prompts")
+    for where, at, prompt in entries:
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at) or at < 0:
+            raise ValueError(f"{where}: the time must be a finite number of seconds >= 0, got {at!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: the prompt must be a non-empty string, got {prompt!r}")
     schedule: dict[int, str] = {}
-    for at, prompt in sorted(entries):
-        if at < 0 or not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"{path}: bad entry at {at}s: {prompt!r}")
+    for _, at, prompt in sorted(entries, key=lambda e: e[1]):  # equal times: the later line wins
         schedule[math.ceil(at / chunk_seconds - 1e-9)] = prompt
     if 0 not in schedule:
         raise ValueError(f"{path}: the first prompt must start at 0 seconds")
@@ -78,67 +109,278 @@ def contact_sheet(frames, path: Path, columns: int = 6, count: int = 24) -> None
     Image.fromarray(sheet).save(path)
 
 
-def _generate(args) -> int:
-    import imageio.v2 as imageio
+def _read_json(path: Path, option: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option}: cannot read {path}: {_one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{option}: {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_model_dir(model: str, checkpoint: str | None) -> tuple[int, int, int]:
+    """What can be checked of a diffusers Wan folder (and ``--checkpoint``) without loading
+    weights: the layout, the three configs (the transformer's is built on the meta device), that
+    the parts fit each other. -> (VAE temporal factor, pixels per token in height, in width)."""
     import torch
+
+    from stream_r1_fast.models.wan import CausalWanTransformer
+
+    root, opt = Path(model), f"--model {model}"
+    if not root.exists():
+        raise UsageError(f"{opt}: no such model folder")
+    if not root.is_dir():
+        raise UsageError(f"{opt}: not a folder (expected a diffusers Wan model folder)")
+    missing = [f"{p}/" for p in _MODEL_PARTS if not (root / p).is_dir()]
+    if missing:
+        raise UsageError(f"{opt}: not a diffusers Wan model folder: no {', '.join(missing)} "
+                         f"(it needs {', '.join(p + '/' for p in _MODEL_PARTS)})")
+    configs = {}
+    for part in ("transformer", "vae", "text_encoder"):
+        if not (root / part / "config.json").is_file():
+            raise UsageError(f"{opt}: no {part}/config.json")
+        configs[part] = _read_json(root / part / "config.json", opt)
+    cfg = {k: v for k, v in configs["transformer"].items() if not k.startswith("_")}
+    try:
+        with torch.device("meta"):
+            patch = tuple(CausalWanTransformer.from_config(cfg).config.patch_size)
+        assert len(patch) == 3 and all(isinstance(p, int) and p > 0 for p in patch), f"patch_size {patch}"
+    except Exception as exc:  # any failure to build from it is the file's fault
+        raise UsageError(f"{opt}: transformer/config.json does not describe a Wan transformer: {_one_line(exc)}") from None
+    vae = configs["vae"]
+    dims, down = vae.get("dim_mult"), vae.get("temperal_downsample")
+    if not (isinstance(dims, list) and dims and isinstance(down, list)):
+        raise UsageError(f"{opt}: vae/config.json needs the lists dim_mult and temperal_downsample (a Wan VAE)")
+    if vae.get("z_dim") not in (None, cfg.get("in_channels")):
+        raise UsageError(f"{opt}: the VAE's z_dim {vae.get('z_dim')} is not the transformer's in_channels {cfg.get('in_channels')}")
+    d_model = configs["text_encoder"].get("d_model")
+    if d_model not in (None, cfg.get("text_dim")):
+        raise UsageError(f"{opt}: the text encoder's d_model {d_model} is not the transformer's text_dim {cfg.get('text_dim')}")
+    if not any((root / "tokenizer").iterdir()):
+        raise UsageError(f"{opt}: tokenizer/ is empty")
+    if checkpoint is None:
+        if not any((root / "transformer").glob("*.safetensors")):
+            raise UsageError(f"{opt}: no transformer weights (transformer/*.safetensors)")
+    else:
+        ck, copt = Path(checkpoint), f"--checkpoint {checkpoint}"
+        if not ck.exists():
+            raise UsageError(f"{copt}: no such file or folder")
+        if ck.is_dir():
+            if not any(ck.glob("*.safetensors")) and not any((ck / "transformer").glob("*.safetensors")):
+                raise UsageError(f"{copt}: a folder without *.safetensors weights (nor transformer/*.safetensors)")
+        elif ck.suffix not in _CHECKPOINT_SUFFIXES:
+            raise UsageError(f"{copt}: unknown checkpoint type (expected a folder or {', '.join(_CHECKPOINT_SUFFIXES)})")
+    spatial = 2 ** (len(dims) - 1)
+    return 2 ** sum(bool(d) for d in down), spatial * patch[1], spatial * patch[2]
+
+
+def check_device(name: str | None):
+    """``--device`` -> a torch.device that is present (default: cuda if available, else cpu)."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device here (torch.cuda.is_available() is False)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {name}: no MPS device here")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: only cpu, cuda[:N] and mps are supported")
+    return device
+
+
+def check_output(output: Path) -> None:
+    """``--output``: an .mp4 whose folder exists or can be made and can be written, and ffmpeg."""
+    if output.suffix.lower() != ".mp4":
+        raise UsageError(f"--output {output}: must end in .mp4 (the only format written)")
+    for p in (output, output.with_suffix(".png")):
+        if p.is_dir():
+            raise UsageError(f"--output {output}: {p} is a folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output.parent, prefix=".stream-r1-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--output {output}: cannot write in {output.parent}: {exc.strerror or exc}") from None
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as exc:
+        raise UsageError(f"--output {output}: writing mp4 needs ffmpeg (pip install imageio-ffmpeg): {_one_line(exc)}") from None
+
+
+def check_generate_args(args) -> dict:
+    """Every check of ``generate``'s options that needs no weights, in the order of the options'
+    cost; raises :class:`UsageError` naming the option. -> what the run needs from them."""
+    from stream_r1_fast.cache import CachePolicy
+    from stream_r1_fast.inference import FlowMatchSampler
+
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
+    if args.sink < 0:
+        raise UsageError(f"--sink must be >= 0, got {args.sink}")
+    if args.window < CHUNK_FRAMES:
+        raise UsageError(f"--window {args.window}: the cache window must hold a chunk ({CHUNK_FRAMES} latent frames)")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not (math.isfinite(args.shift) and args.shift > 0):
+        raise UsageError(f"--shift must be a finite number > 0, got {args.shift}")
+    if not all(math.isfinite(s) and 0 < s <= 1000 for s in args.steps):
+        raise UsageError(f"--steps must be numbers in (0, 1000], got {args.steps}")
+    try:
+        sampler = FlowMatchSampler.from_steps(args.steps, args.shift)
+    except ValueError as exc:
+        raise UsageError(f"--steps {' '.join(f'{s:g}' for s in args.steps)}: {exc}") from None
+    policy = CachePolicy(args.sink, args.window, 1.0 if args.static_sink else args.alpha)
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError(f"--prompt is empty: {args.prompt!r}")
+    t_factor, mult_h, mult_w = check_model_dir(args.model, args.checkpoint)
+    for name, value, mult in (("--height", args.height, mult_h), ("--width", args.width, mult_w)):
+        if value <= 0 or value % mult:
+            raise UsageError(f"{name} must be a positive multiple of {mult} pixels for this model, got {value}")
+    num_frames = max(1, round(args.seconds * FPS))
+    chunks = math.ceil((1 + math.ceil((num_frames - 1) / t_factor)) / CHUNK_FRAMES)
+    prompt = args.prompt
+    if args.prompt_schedule:
+        try:
+            prompt = read_prompt_schedule(args.prompt_schedule, CHUNK_FRAMES * t_factor / FPS)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--prompt-schedule: {_one_line(exc)}") from None
+        late = sorted(k for k in prompt if k >= chunks)
+        if late:
+            print(f"stream-r1 generate: warning: --prompt-schedule: {len(late)} prompt(s) start after the video "
+                  f"ends ({args.seconds:g} s) and are not used: {prompt[late[0]]!r}...", file=sys.stderr)
+    device = check_device(args.device)
+    output = Path(args.output)
+    check_output(output)
+    return dict(sampler=sampler, policy=policy, num_frames=num_frames, prompt=prompt, device=device, output=output)
+
+
+class _VideoFile:
+    """The mp4, written by imageio's ffmpeg into a hidden file beside ``path`` and moved onto
+    ``path`` once ffmpeg has produced it: any failure (including ffmpeg's silent ones, when it
+    cannot open its output) is a :class:`UsageError` naming ``path``, and ``path`` is never left
+    half written."""
+
+    def __init__(self, path: Path, fps: int):
+        import imageio.v2 as imageio
+
+        self.path = path
+        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.mp4")
+        self._writer = None
+        self._writer = self._do(lambda: imageio.get_writer(str(self.tmp), fps=fps, codec="libx264", quality=8,
+                                                           macro_block_size=1))
+
+    def _do(self, fn):
+        try:
+            return fn()
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.discard()
+            raise UsageError(f"--output {self.path}: writing the video failed: {_one_line(exc)}") from exc
+
+    def append(self, frame) -> None:
+        self._do(lambda: self._writer.append_data(frame))
+
+    def close(self) -> None:
+        self._do(self._writer.close)
+        self._writer = None
+        if not (self.tmp.is_file() and self.tmp.stat().st_size > 0):
+            self.discard()
+            raise UsageError(f"--output {self.path}: writing the video failed: ffmpeg wrote nothing (its message is above)")
+        self._do(lambda: os.replace(self.tmp, self.path))
+
+    def discard(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # already failing: the first error is the one reported
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def _generate(args) -> int:
+    import numpy as np
+    import torch
+    from safetensors import SafetensorError
     from tqdm import tqdm
 
-    from stream_r1_fast.cache import CachePolicy
-    from stream_r1_fast.inference import FlowMatchSampler, StreamingPipeline
+    from stream_r1_fast.inference import StreamingPipeline
+    from stream_r1_fast.models.loading import CheckpointError
 
-    if args.seconds <= 0:
-        raise ValueError(f"--seconds must be positive, got {args.seconds}")
-    output = Path(args.output)
-    if output.suffix.lower() != ".mp4":
-        raise ValueError(f"--output must end in .mp4, got {output}")
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"--model {args.model}: no such model folder")
-    policy = CachePolicy(args.sink, args.window, 1.0 if args.static_sink else args.alpha)
-    sampler = FlowMatchSampler.from_steps(args.steps, args.shift)
+    run = check_generate_args(args)  # everything that can be checked without the weights
+    if args.quiet:  # the libraries' loading bars too
+        import diffusers
+        import transformers
 
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+    output, num_frames, sampler = run["output"], run["num_frames"], run["sampler"]
     t_load = time.perf_counter()
-    pipe = StreamingPipeline.from_pretrained(
-        args.model, checkpoint=args.checkpoint, dtype=getattr(torch, _DTYPES[args.dtype]),
-        device=args.device, sampler=sampler,
-    )
+    try:
+        pipe = StreamingPipeline.from_pretrained(
+            args.model, checkpoint=args.checkpoint, dtype=getattr(torch, _DTYPES[args.dtype]),
+            device=run["device"], sampler=sampler,
+        )
+    except CheckpointError as exc:
+        where = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}"
+        raise UsageError(f"{where}: {_one_line(exc)}") from exc
+    except (OSError, SafetensorError) as exc:  # unreadable weights or configs: the message names the file
+        ours = isinstance(exc, SafetensorError) or str(args.checkpoint) in str(exc)  # raw: the transformer's weights
+        where = f"--checkpoint {args.checkpoint}" if args.checkpoint and ours else f"--model {args.model}"
+        raise UsageError(f"{where}: cannot load: {_one_line(exc)}") from exc
     load_s = time.perf_counter() - t_load
-    num_frames = max(1, round(args.seconds * FPS))
     chunks = pipe.chunks_for_frames(num_frames)
-    t_factor = pipe.vae_factors[0]
-    chunk_seconds = pipe.chunk_frames * t_factor / FPS
-    prompt = read_prompt_schedule(args.prompt_schedule, chunk_seconds) if args.prompt_schedule else args.prompt
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    writer = imageio.get_writer(str(output), fps=FPS, codec="libx264", quality=8, macro_block_size=1)
+    video = _VideoFile(output, FPS)
     kept, written, sheet_frames = [], 0, []
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     first_s, gen_s = None, 0.0
-    stream = pipe.stream(prompt, num_chunks=chunks, height=args.height, width=args.width, seed=args.seed, policy=policy)
-    with tqdm(total=num_frames, unit="frame", desc="generating", disable=args.quiet) as bar:
-        t_chunk = time.perf_counter()
-        for chunk in stream:
-            frames = chunk.frames[0].numpy()  # on the host: the chunk is done
-            sync()
-            now = time.perf_counter()
-            if first_s is None:
-                first_s = now - t0
-            else:
-                gen_s += now - t_chunk
-            frames = frames[: num_frames - written]
-            for f in frames:
-                writer.append_data(f)
-            written += len(frames)
-            sheet_frames.append(frames)
-            bar.update(len(frames))
-            if chunk.index == 0:
-                kept = len(frames)
+    try:
+        stream = pipe.stream(run["prompt"], num_chunks=chunks, height=args.height, width=args.width, seed=args.seed,
+                             policy=run["policy"])
+        with tqdm(total=num_frames, unit="frame", desc="generating", disable=args.quiet) as bar:
             t_chunk = time.perf_counter()
-    writer.close()
-    import numpy as np
+            for chunk in stream:
+                frames = chunk.frames[0].numpy()  # on the host: the chunk is done
+                sync()
+                now = time.perf_counter()
+                if first_s is None:
+                    first_s = now - t0
+                else:
+                    gen_s += now - t_chunk
+                frames = frames[: num_frames - written]
+                for f in frames:
+                    video.append(f)
+                written += len(frames)
+                sheet_frames.append(frames)
+                bar.update(len(frames))
+                if chunk.index == 0:
+                    kept = len(frames)
+                t_chunk = time.perf_counter()
+        video.close()
+    finally:
+        video.discard()  # after a failure or an interrupt: no partial file left behind
 
     sheet = output.with_suffix(".png")
-    contact_sheet(np.concatenate(sheet_frames), sheet)
+    try:
+        contact_sheet(np.concatenate(sheet_frames), sheet)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--output {output}: writing the contact sheet {sheet} failed: {_one_line(exc)}") from exc
     later = written - kept
     fps = f"{later / gen_s:.2f} FPS over {later} frames after the first chunk" if later and gen_s > 0 else "n/a (one chunk)"
     print(f"wrote {output} ({written} frames, {written / FPS:.2f} s at {FPS} fps) and {sheet}")
@@ -151,18 +393,41 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
+    """``stream-r1 train``. A bad config (YAML syntax, unknown key, bad value, missing
+    ``model.dir``, unimportable ``reward.factory``: all checked before any model loads) prints
+    one line naming the key and returns 2; a diverged run or unusable checkpoints return 1;
+    SIGTERM / Ctrl-C save a checkpoint and return 128 + the signal number. ``--debug`` adds
+    the traceback."""
     import os
+    import traceback
 
     import torch.distributed as dist
 
-    from stream_r1_fast.training.config import TrainConfig
-    from stream_r1_fast.training.trainer import build_trainer
+    from stream_r1_fast.models.loading import CheckpointError
+    from stream_r1_fast.training.config import ConfigError, TrainConfig, preflight, validate
+    from stream_r1_fast.training.trainer import TrainingDiverged, TrainingInterrupted, build_trainer
 
-    config = TrainConfig.from_yaml(args.config)
-    overrides = {"steps": args.steps, "output_dir": args.output_dir, "device": args.device}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config.train, key, value)
+    def fail(exc: BaseException, status: int) -> int:
+        if args.debug:
+            traceback.print_exc()
+        text = str(exc)
+        if isinstance(exc, ConfigError):
+            text = " ".join(text.split("\n"))
+        print(f"stream-r1 train: error: {text}", file=sys.stderr)
+        return status
+
+    try:
+        config = TrainConfig.from_yaml(args.config)
+        overrides = {"steps": args.steps, "output_dir": args.output_dir, "device": args.device}
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(config.train, key, value)
+        if args.resume_inexact:
+            config.train.resume_inexact = True
+        validate(config)
+        preflight(config)
+    except (ConfigError, FileNotFoundError) as exc:
+        return fail(exc, 2)
     started = False
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         import torch
@@ -181,10 +446,32 @@ def _train(args) -> int:
         trainer.fit()
         if trainer.rank == 0:
             print(f"done: {trainer.step} steps; checkpoints and metrics in {trainer.output_dir}")
+    except TrainingInterrupted as exc:  # fit printed "interrupted at step N; checkpoint saved to ..."
+        return 128 + exc.signum
+    except (TrainingDiverged, CheckpointError) as exc:
+        return fail(exc, 1)
+    except ConfigError as exc:
+        return fail(exc, 2)
     finally:
         if started:
             dist.destroy_process_group()
     return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,14 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     g.set_defaults(func=_generate)
 
     t = sub.add_parser("train", help="DMD / Re-DMD / Stream-R1 distillation (under torchrun for several GPUs)")
     t.add_argument("--config", required=True, help="YAML training config (see configs/)")
-    t.add_argument("--steps", type=int, help="override train.steps")
-    t.add_argument("--output-dir", help="override train.output_dir")
-    t.add_argument("--device", help="override train.device")
+    t.add_argument("--steps", type=_count, help="override train.steps (>= 0)")
+    t.add_argument("--output-dir", type=_nonempty, help="override train.output_dir")
+    t.add_argument("--device", type=_nonempty, help="override train.device")
     t.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    t.add_argument("--resume-inexact", action="store_true",
+                   help="resume even from a checkpoint without this rank's RNG file (train.resume_inexact)")
+    t.add_argument("--debug", action="store_true", help="print tracebacks with errors")
     t.set_defaults(func=_train)
 
     from stream_r1_fast.serve.cli import add_serve_parser  # argparse only: FastAPI is imported when serving
@@ -231,8 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"stream-r1: error: {exc}", file=sys.stderr)
+    except _USER_ERRORS as exc:  # a bad option or input: one line, status 2; any other error is a bug
+        if getattr(args, "debug", False):
+            raise
+        print(f"stream-r1 {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -152,3 +154,30 @@ def test_unsafe_or_foreign_pickles_are_refused(tmp_path):
     torch.save({"vae.encoder.weight": torch.zeros(2)}, tmp_path / "vae.pt")
     with pytest.raises(CheckpointError, match="cannot tell the checkpoint's layout"):
         load_transformer(tmp_path / "vae.pt", "tiny")
+
+
+def _tiny_safetensors(tmp_path, model) -> tuple:
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "huge header", "header not json"])
+def test_unreadable_safetensors_name_the_file(tmp_path, model, damage):
+    path, data = _tiny_safetensors(tmp_path, model)
+    header = (2**62).to_bytes(8, "little") if damage == "huge header" else (12).to_bytes(8, "little")
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "huge header": header + data[8:],
+                      "header not json": header + b"not json{}!" + data[20:]}[damage])
+    for target in (path, tmp_path):  # the file itself, and a folder holding it
+        with pytest.raises(CheckpointError, match=rf"cannot read {path} as safetensors"):
+            load_transformer(target, "tiny")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_integer_or_bool_weights_name_the_dtype_and_key(tmp_path, model, dtype):
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    key = "blocks.0.ffn.net.0.proj.weight"
+    sd[key] = sd[key].to(dtype)
+    save_file(sd, tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=rf"(?s)dtype mismatches \(1\):\n    {re.escape(key)}: checkpoint {dtype}"):
+        load_transformer(tmp_path / "w.safetensors", "tiny")

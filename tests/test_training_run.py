@@ -104,7 +104,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     (tmp_path / "crash" / "checkpoints" / "step_00000004.tmp").mkdir()
     resumed = tiny_trainer(cfg)
     assert resumed.resume().name == "step_00000002"
-    assert resumed.step == 2 and resumed.weighting.balance.entries == 1  # one generator step (0)
+    assert resumed.step == 2 and resumed.weighting.balance.steps == 1  # one generator step (0)
     logs = resumed.fit()
     assert [lg["step"] for lg in logs] == [2, 3, 4]
     for a, b in zip(full_logs[2:], logs):
@@ -163,3 +163,46 @@ def test_cli_train_runs_and_resumes(tmp_path, capsys):
     cfg_path.write_text(yaml.safe_dump(data))
     assert main(["train", "--config", str(cfg_path)]) == 2
     assert "optim.lr_gen" in capsys.readouterr().err
+
+
+def test_cli_train_sigterm_saves_and_exits_with_128_plus_signal(tmp_path, capsys):
+    import os
+    import signal
+    import threading
+    import time
+
+    import yaml
+
+    from stream_r1_fast.cli import main
+    from tiny_wan import write_pipeline_dir
+
+    model_dir = write_pipeline_dir(tmp_path / "model")
+    data = yaml.safe_load((CONFIGS / "tiny_wan_smoke.yaml").read_text())
+    data["model"]["dir"] = str(model_dir)
+    data["rollout"].update(num_chunks=1, chunk_frames=1, height=16, width=16, sink_frames=1, window_frames=1)
+    data["train"].update(steps=1000, save_every=1000, output_dir=str(tmp_path / "run"), progress=False)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    metrics, done = tmp_path / "run" / "metrics.csv", threading.Event()
+
+    def preempt():  # as a scheduler would, once a step is done
+        while not done.is_set():
+            if metrics.is_file() and metrics.read_text().count("\n") >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=preempt)
+    sender.start()
+    try:
+        status = main(["train", "--config", str(cfg_path)])
+    finally:
+        done.set()
+        sender.join()
+    assert status == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "SIGTERM received" in err and "interrupted at step" in err, err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert (tmp_path / "run" / "checkpoints" / f"step_{step:08d}" / "manifest.json").is_file()
+    assert main(["train", "--config", str(cfg_path), "--steps", str(step + 1)]) == 0
+    assert f"(step {step})" in capsys.readouterr().out

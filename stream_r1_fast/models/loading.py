@@ -106,12 +106,26 @@ def to_diffusers_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return convert_original_to_diffusers(sd) if detect_layout(sd) == "original" else dict(sd)
 
 
-def _read_safetensors_dir(folder: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` whose errors (truncated or empty file, a header too large
+    or not JSON) name the file: :class:`CheckpointError`."""
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # SafetensorError, OSError, ...
+        raise CheckpointError(f"cannot read {path} as safetensors ({type(exc).__name__}: {exc})") from None
+
+
+def _read_safetensors_dir(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / SAFETENSORS_INDEX
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({type(exc).__name__}: {exc})") from None
         paths = [folder / f for f in files]
     else:
         paths = sorted(folder.glob("*.safetensors"))
@@ -121,7 +135,7 @@ def _read_safetensors_dir(folder: Path) -> dict[str, torch.Tensor]:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p} is named in {index} but does not exist")
-        sd.update(load_file(str(p)))
+        sd.update(read_safetensors(p))
     return sd
 
 
@@ -161,14 +175,16 @@ def read_state_dict(path: str | Path, which: str = "auto") -> dict[str, torch.Te
         folder = path / "transformer" if (path / "transformer").is_dir() else path
         sd = _read_safetensors_dir(folder)
     elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
+        sd = read_safetensors(path)
     elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # pickles with code, truncated files: say which file
-            raise CheckpointError(f"cannot read {path} with torch.load(weights_only=True): {exc}") from exc
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise CheckpointError(
+                f"cannot read {path} with torch.load(weights_only=True) ({type(exc).__name__}: {first}); "
+                "only tensors and plain containers load (no pickled code runs)"
+            ) from None
         sd = _pick_generator(obj, which, path)
     else:
         raise CheckpointError(f"{path}: unknown checkpoint type (expected a folder, .safetensors, .pt or .pth)")
@@ -201,13 +217,18 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], attention_head_dim: int
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Raise :class:`CheckpointError` naming missing keys, unexpected keys, shape mismatches and
+    weights that are not floating point (int64, bool...) where the model has floats."""
+    model_sd = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in model_sd.items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    wrong_dtype = [f"{k}: checkpoint {state_dict[k].dtype} vs model {model_sd[k].dtype} (weights must be floating point)"
+                   for k in sorted(set(got) & set(expected))
+                   if model_sd[k].is_floating_point() and not state_dict[k].is_floating_point()]
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     mismatched = [f"{k}: checkpoint {got[k]} vs model {expected[k]}" for k in sorted(set(got) & set(expected)) if got[k] != expected[k]]
-    if not (missing or unexpected or mismatched):
+    if not (missing or unexpected or mismatched or wrong_dtype):
         return
 
     def block(title: str, items: list[str]) -> str:
@@ -228,6 +249,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         f"{cfg.get('num_attention_heads', 0) * cfg.get('attention_head_dim', 0)}):"
         + block("missing keys", missing)
         + block("unexpected keys", unexpected)
+        + block("dtype mismatches", wrong_dtype)
         + block("shape mismatches", mismatched)
         + hint
     )

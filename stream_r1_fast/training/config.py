@@ -2,12 +2,13 @@
 
 Sections: ``model``, ``reward``, ``data``, ``rollout``, ``dmd``, ``optim``, ``weighting``
 (:class:`~stream_r1_fast.training.weighting.WeightingConfig`), ``train``. Defaults are the
-papers' Wan2.1-1.3B recipe (DESIGN.md section 3); ``configs/`` holds complete files.
+papers' Wan2.1-1.3B recipe (docs/method.md); ``configs/`` holds complete files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -18,6 +19,10 @@ WAN_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
+
+
+ROLLOUT_CACHES = ("full", "ema_sink")
+CRITIC_SAMPLES = ("fresh", "reuse")
 
 
 class ConfigError(ValueError):
@@ -62,6 +67,16 @@ class DataConfig:
 
 @dataclasses.dataclass
 class RolloutConfig:
+    """The Self-Forcing rollout of the generator during training.
+
+    cache: ``full`` (the official recipe of Self-Forcing, Reward Forcing and Stream-R1: the
+    cache holds the whole rollout, so nothing is evicted or folded while training) or
+    ``ema_sink`` (the inference cache in training: ``sink_frames`` + ``window_frames`` slots,
+    evicted frames folded into the sink with ``alpha``). ``sink_frames``, ``window_frames`` and
+    ``alpha`` are used by ``ema_sink`` only.
+    """
+
+    cache: str = "full"
     num_chunks: int = 7
     chunk_frames: int = 3
     height: int = 480
@@ -75,10 +90,16 @@ class RolloutConfig:
 
 @dataclasses.dataclass
 class DMDConfig:
+    """critic_samples: what the critic is trained on in a step that also updates the
+    generator. ``fresh`` (the official order, Self-Forcing's trainer): a new no-grad rollout of
+    the *updated* generator, with its own noise and exit step; ``reuse``: the generator step's
+    own (pre-update) rollout, detached — one rollout cheaper per generator step."""
+
     guidance_scale: float = 3.0
     timestep_shift: float = 5.0
     min_t: float = 20.0
     max_t: float = 980.0
+    critic_samples: str = "fresh"
 
 
 @dataclasses.dataclass
@@ -106,6 +127,9 @@ class RunConfig:
     mixed_precision: str = "bf16"
     device: str | None = None
     progress: bool = True
+    # Resume even when this rank's RNG file is missing from the checkpoint (the run then
+    # differs from an uninterrupted one); without it such a checkpoint is skipped.
+    resume_inexact: bool = False
 
 
 @dataclasses.dataclass
@@ -133,7 +157,15 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text())
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+            raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({exc})") from None
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         return cls.from_dict(data or {})
@@ -210,6 +242,7 @@ def validate(cfg: TrainConfig) -> None:
         if not cond:
             raise ConfigError(f"config key {key!r} {what}, got {value!r}")
 
+    _check_numbers(cfg)  # every number finite, list entries numbers: before the range checks
     r, o, d, t = cfg.rollout, cfg.optim, cfg.dmd, cfg.train
     for key, v in (("rollout.num_chunks", r.num_chunks), ("rollout.chunk_frames", r.chunk_frames),
                    ("optim.generator_every", o.generator_every), ("optim.grad_accum", o.grad_accum),
@@ -221,11 +254,14 @@ def validate(cfg: TrainConfig) -> None:
     need(r.window_frames >= r.chunk_frames, "rollout.window_frames", "must hold a chunk (>= rollout.chunk_frames)",
          r.window_frames)
     need(0.0 <= r.alpha <= 1.0, "rollout.alpha", "must be in [0, 1]", r.alpha)
+    need(r.cache in ROLLOUT_CACHES, "rollout.cache", f"must be one of {ROLLOUT_CACHES}", r.cache)
+    need(d.critic_samples in CRITIC_SAMPLES, "dmd.critic_samples", f"must be one of {CRITIC_SAMPLES}",
+         d.critic_samples)
     need(len(r.steps) >= 1 and all(isinstance(s, (int, float)) and 0 < s <= 1000 for s in r.steps),
          "rollout.steps", "must be a non-empty list of numbers in (0, 1000]", r.steps)
     need(0.0 <= d.min_t < d.max_t <= 1000.0, "dmd.min_t", "must satisfy 0 <= dmd.min_t < dmd.max_t <= 1000", d.min_t)
     need(d.timestep_shift > 0, "dmd.timestep_shift", "must be > 0", d.timestep_shift)
-    need(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)",
+    need(len(o.betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in o.betas), "optim.betas", "must be two numbers in [0, 1)",
          o.betas)
     need(o.lr_generator > 0, "optim.lr_generator", "must be > 0", o.lr_generator)
     need(o.lr_critic > 0, "optim.lr_critic", "must be > 0", o.lr_critic)
@@ -237,3 +273,101 @@ def validate(cfg: TrainConfig) -> None:
          f"is needed for weighting.mode {cfg.weighting.mode!r}", cfg.reward.factory)
     if cfg.reward.factory is not None:
         need(":" in cfg.reward.factory, "reward.factory", "must be 'module:callable'", cfg.reward.factory)
+    # Ranges of the remaining numbers, and strings that must not be empty.
+    for key, v in (("rollout.height", r.height), ("rollout.width", r.width),
+                   ("model.text_max_length", cfg.model.text_max_length)):
+        need(v >= 1, key, "must be a positive int", v)
+    need(r.shift > 0, "rollout.shift", "must be > 0", r.shift)
+    need(d.guidance_scale >= 0, "dmd.guidance_scale", "must be >= 0", d.guidance_scale)
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
+    need(o.ema_start >= 0, "optim.ema_start", "must be >= 0", o.ema_start)
+    need(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
+    need(bool(t.output_dir.strip()), "train.output_dir", "must be a non-empty path", t.output_dir)
+    need(cfg.model.dir is None or bool(cfg.model.dir.strip()), "model.dir", "must be a non-empty path or null",
+         cfg.model.dir)
+    p = cfg.data.prompts
+    need(bool(p.strip()) if isinstance(p, str) else all(isinstance(x, str) for x in p), "data.prompts",
+         "must be a list of strings, a prompt file or 'toy-world:N'", p)
+    if t.device is not None:
+        import torch
+
+        try:
+            torch.device(t.device)
+        except (RuntimeError, ValueError):
+            need(False, "train.device", "must be a torch device ('cpu', 'cuda', 'cuda:1', ...)", t.device)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_numbers(cfg) -> None:
+    """Every float field of every section finite, every number in a list field finite (the
+    lists of numbers: ``optim.betas``, ``rollout.steps``); the message names the key."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            key, v = f"{section.name}.{f.name}", getattr(sub, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key {key!r} must be a finite number, got {v!r}")
+            if isinstance(v, list) and key in ("optim.betas", "rollout.steps"):
+                for x in v:
+                    if not _is_number(x) or not math.isfinite(x):
+                        raise ConfigError(f"config key {key!r} must hold finite numbers, got {v!r}")
+
+
+_PRESETS = ("wan2.1-1.3b", "wan2.1-14b", "tiny")
+_WAN_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
+
+
+def resolve_factory(spec: str):
+    """``module:attr.attr`` -> the object; ConfigError (one line, naming ``reward.factory``)
+    when the module does not import or the attribute is missing or not callable."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except Exception as exc:  # ImportError, or whatever the module raises while importing
+        raise ConfigError(f"config key 'reward.factory' {spec!r}: cannot import module {module!r} "
+                          f"({type(exc).__name__}: {exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"config key 'reward.factory' {spec!r}: {getattr(obj, '__name__', obj)!r} "
+                              f"has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"config key 'reward.factory' {spec!r} is not callable")
+    return obj
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What the config names outside itself, checked before any model loads (ConfigError naming
+    the key): ``model.dir`` is a Wan folder (or ``toy``), the ``model.student / teacher /
+    critic`` paths exist, a prompt file exists, ``reward.factory`` imports."""
+    m = cfg.model
+    if m.dir is None:
+        raise ConfigError("config key 'model.dir' must name a diffusers Wan folder (transformer/, vae/, "
+                          "text_encoder/, tokenizer/) or 'toy', got None")
+    if m.dir != "toy":
+        root = Path(m.dir)
+        if not root.is_dir():
+            raise ConfigError(f"config key 'model.dir': no such folder {m.dir!r} (expected a diffusers Wan folder "
+                              "with transformer/, vae/, text_encoder/, tokenizer/)")
+        missing = [f"{sub}/" for sub in _WAN_FOLDERS if not (root / sub).is_dir()]
+        if missing:
+            raise ConfigError(f"config key 'model.dir': {m.dir!r} has no {', '.join(missing)} (a diffusers Wan "
+                              "folder has transformer/, vae/, text_encoder/, tokenizer/)")
+    for key in ("student", "teacher", "critic"):
+        spec = getattr(m, key)
+        if spec is None or (m.dir != "toy" and spec.lower() in _PRESETS):
+            continue
+        if not Path(spec).exists():
+            raise ConfigError(f"config key 'model.{key}': no such file or folder {spec!r}")
+    p = cfg.data.prompts
+    if isinstance(p, str) and not p.startswith("toy-world:") and not Path(p).is_file():
+        raise ConfigError(f"config key 'data.prompts': no such prompt file {p!r}")
+    if cfg.reward.factory is not None:
+        resolve_factory(cfg.reward.factory)

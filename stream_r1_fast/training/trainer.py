@@ -25,13 +25,12 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from stream_r1_fast.cache import CachePolicy
 from stream_r1_fast.inference.sampler import FlowMatchSampler, randn
 from stream_r1_fast.inference.vae import StreamingVAEDecoder
 from stream_r1_fast.training import checkpoint as ckpt
-from stream_r1_fast.training.config import TrainConfig
+from stream_r1_fast.training.config import TrainConfig, preflight
 from stream_r1_fast.training.dmd import critic_loss, dmd_gradient, dmd_loss, sample_timesteps
-from stream_r1_fast.training.rollout import draw_exit_step, self_forcing_rollout
+from stream_r1_fast.training.rollout import draw_exit_step, self_forcing_rollout, training_cache_policy
 from stream_r1_fast.training.weighting import Weighting
 
 CSV_COLUMNS = ("step", "exit_step", "critic_loss", "generator_loss", "grad_norm_critic", "grad_norm_generator",
@@ -137,7 +136,7 @@ class Trainer:
         self.weighting = Weighting(cfg.weighting, reward_model, factors)
         r = cfg.rollout
         self.sampler = FlowMatchSampler.from_steps(r.steps, r.shift)
-        self.policy = CachePolicy(r.sink_frames, r.window_frames, r.alpha)
+        self.policy = training_cache_policy(r)
         s = factors[1]
         if r.height % (2 * s) or r.width % (2 * s):
             raise ValueError(f"rollout.height/width must be multiples of {2 * s} pixels, got {r.height}x{r.width}")
@@ -243,7 +242,7 @@ class Trainer:
                     guidance_scale=cfg.dmd.guidance_scale, t=t, eps=eps,
                 )
                 video = self._decode(x) if cfg.weighting.mode != "dmd" else None
-                weights, wlogs = self.weighting(video, prompts, x.shape)
+                weights, wlogs = self.weighting(video, prompts, x.shape, step=self.step)
                 loss = dmd_loss(x, g, weights) / accum
                 loss.backward()
                 total += loss.detach()
@@ -257,14 +256,21 @@ class Trainer:
                 if vals:
                     logs[key] = _global_mean(torch.cat(vals).mean())
 
+        # The critic learns the generator's current distribution: after a generator update
+        # that is a fresh rollout of the updated generator (own noise, own exit step), unless
+        # the recipe reuses the pre-update samples (dmd.critic_samples).
+        reuse = bool(samples) and cfg.dmd.critic_samples == "reuse"
+        if samples and not reuse:
+            k = draw_exit_step(len(self.sampler.timesteps), self.exit_rng, self.device)
+        logs["critic_exit_step"] = k
         self.c_opt.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(accum):
-            if samples:
+            if reuse:
                 x, emb = samples[micro]
             else:
-                prompts, gens = self._batch(micro, 0)
-                emb, _ = self._texts(prompts)
+                prompts, gens = self._batch(micro, 3 if samples else 0)
+                emb = samples[micro][1] if samples else self._texts(prompts)[0]
                 with torch.no_grad():
                     x = self._rollout(prompts, gens, k, emb)
             t, eps = self._noise(x.shape, self._batch(micro, 2)[1])
@@ -291,6 +297,8 @@ class Trainer:
         return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def save(self) -> Path:
+        """Checkpoint the current step (see :mod:`~stream_r1_fast.training.checkpoint`). Refuses
+        (:class:`~stream_r1_fast.training.checkpoint.NonFiniteWeights`) to write NaN / inf weights."""
         weights = {
             "generator": self._full_state(self.generator),
             "generator_ema": {n: _full_tensor(t).cpu() for n, t in self.ema.items()},
@@ -300,18 +308,61 @@ class Trainer:
                       "critic": self._full_optim(self.critic, self.c_opt)}
         state = {"weighting": self.weighting.state_dict(), "exit_rng": _py_state(self.exit_rng),
                  "config": self.config.to_dict()}
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.output_dir / "checkpoints", self.step, weights=weights if self.rank == 0 else None,
             optimizers=optimizers if self.rank == 0 else None, state=state, rank=self.rank, world_size=self.world,
             barrier=dist.barrier if _distributed() else (lambda: None),
         )
+        return path
 
-    def load(self, path: str | Path) -> None:
+    def _read_checkpoint(self, path: Path, inexact: bool) -> dict:
+        """Read and verify ``path`` (no trainer state changes); CheckpointError says why not."""
+        from stream_r1_fast.models.loading import check_state_dict
+
+        data = ckpt.load_checkpoint(path, self.rank, require_rng=not inexact, required_weights=CHECKPOINT_WEIGHTS,
+                                    required_state=("weighting", "exit_rng"),
+                                    required_optimizers=("generator", "critic"))
+        for name, model in (("generator", self.generator), ("critic", self.critic)):
+            check_state_dict(model, data["weights"][name], source=str(path / f"{name}.safetensors"))
+        ema, params = data["weights"]["generator_ema"], dict(self.generator.named_parameters())
+        if set(ema) != set(params) or any(tuple(ema[n].shape) != tuple(p.shape) for n, p in params.items()):
+            raise ckpt.CorruptCheckpoint(f"{path / 'generator_ema.safetensors'}: does not match the generator's "
+                                         "parameters (names or shapes)")
+        state = data["state"]
+        try:  # on scratch generators: a bad state must not half-load
+            random.Random().setstate(_py_unstate(state["exit_rng"]))
+            random.Random().setstate(_py_unstate(state["host_rng"]["python"]))
+            host = state["host_rng"]["numpy"]
+            import numpy as np
+
+            np.random.RandomState().set_state((host[0], np.asarray(host[1], dtype=np.uint32), *host[2:]))
+        except (TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise ckpt.CorruptCheckpoint(f"{path / 'state.json'}: bad RNG state ({exc})") from None
+        balance = getattr(self.weighting, "balance", None)
+        if balance is not None:
+            import copy
+
+            try:
+                copy.deepcopy(balance).load_state_dict(state["weighting"]["balance"])
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                raise ckpt.CorruptCheckpoint(f"{path / 'state.json'}: bad 'weighting' state "
+                                             f"({type(exc).__name__}: {exc})") from None
+        return data
+
+    def _apply(self, path: Path, data: dict) -> None:
+        from stream_r1_fast.models.loading import CheckpointError
+
+        try:
+            self._apply_checkpoint(path, data)
+        except Exception as exc:
+            raise CheckpointError(f"{path} verified but could not be loaded into the trainer "
+                                  f"({type(exc).__name__}: {exc})") from exc
+
+    def _apply_checkpoint(self, path: Path, data: dict) -> None:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
         )
 
-        data = ckpt.load_checkpoint(path, self.rank)
         opts = StateDictOptions(full_state_dict=True)
         for name, model in (("generator", self.generator), ("critic", self.critic)):
             set_model_state_dict(model, data["weights"][name], options=opts)
@@ -333,14 +384,97 @@ class Trainer:
         if data["rng"] is not None:
             ckpt.set_rng_state(data["rng"])
 
-    def resume(self) -> Path | None:
-        """Load the latest complete checkpoint of the output folder, if any."""
-        path = ckpt.latest_checkpoint(self.output_dir / "checkpoints")
-        if path is not None:
-            self.load(path)
-        return path
+    def _inexact(self, inexact: bool | None) -> bool:
+        return bool(self.config.train.resume_inexact if inexact is None else inexact)
+
+    def load(self, path: str | Path, *, inexact: bool | None = None) -> None:
+        """Load checkpoint ``path`` after verifying it (raises CheckpointError naming the file
+        if it fails). ``inexact`` (default ``train.resume_inexact``): accept a missing RNG file."""
+        path = Path(path)
+        data = self._read_checkpoint(path, self._inexact(inexact))
+        if self.rank == 0:
+            for note in data["notes"]:
+                ckpt.warn(note)
+        self._apply(path, data)
+
+    def resume(self, *, inexact: bool | None = None) -> Path | None:
+        """Load the newest checkpoint of the output folder that verifies, if any.
+
+        Newer ones that fail verification (manifest size / sha256, unreadable files, a bad
+        ``state.json``, a missing RNG file unless ``inexact`` / ``train.resume_inexact``) are
+        skipped with a :class:`~stream_r1_fast.training.checkpoint.CheckpointWarning` naming the
+        folder and the reason (also in ``self.resume_skipped``); folders that are not ``step_N``
+        (``step_final``...) are ignored. Raises CheckpointError when checkpoints exist but none
+        verifies (rather than silently starting over)."""
+        from stream_r1_fast.models.loading import CheckpointError
+
+        inexact = self._inexact(inexact)
+        root = self.output_dir / "checkpoints"
+        candidates, ignored = ckpt.checkpoint_candidates(root)
+        if self.rank == 0:
+            for p in ignored:
+                ckpt.warn(f"ignoring {p}: not a checkpoint folder (step_N)")
+        self.resume_skipped = []
+        for path in candidates:
+            reason = None
+            try:
+                data = self._read_checkpoint(path, inexact)
+            except CheckpointError as exc:
+                reason = str(exc)
+            if _distributed():  # every rank must take the same checkpoint
+                flag = torch.tensor([0.0 if reason is None else 1.0], device=self._flag_device())
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if reason is None and float(flag) > 0:
+                    reason = "it does not verify on every rank"
+            if reason is not None:
+                self.resume_skipped.append((path, reason))
+                if self.rank == 0 or "every rank" not in reason:
+                    ckpt.warn(f"skipping checkpoint {path}: {reason}; trying the previous one")
+                continue
+            if self.rank == 0:
+                for note in data["notes"]:
+                    ckpt.warn(note)
+            self._apply(path, data)
+            return path
+        if candidates:
+            why = "; ".join(f"{p.name}: {r}" for p, r in self.resume_skipped)
+            raise CheckpointError(f"no checkpoint under {root} verifies ({why}); repair or move them away, "
+                                  "or start fresh with --no-resume")
+        return None
 
     # ------------------------------------------------------------------ the loop
+
+    def _flag_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the rows of ``metrics.csv`` with step >= ``step`` (a resumed run logs them
+        again) and rows cut short by a kill; the header stays. Atomic (temp file + rename)."""
+        import os
+
+        path = self.output_dir / "metrics.csv"
+        if self.rank != 0 or not path.is_file():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "step" not in rows[0]:
+            return
+        header, col = rows[0], rows[0].index("step")
+        keep = []
+        for row in rows[1:]:
+            try:
+                if len(row) == len(header) and int(row[col]) < step:
+                    keep.append(row)
+            except ValueError:
+                pass
+        if len(keep) == len(rows) - 1:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([header, *keep])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def _log(self, logs: dict[str, float]) -> None:
         if self.rank != 0:
@@ -348,7 +482,7 @@ class Trainer:
         if self._csv is None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / "metrics.csv"
-            new = not path.exists()
+            new = not path.exists() or path.stat().st_size == 0
             self._csv = open(path, "a", newline="")
             self._csv_writer = csv.DictWriter(self._csv, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             if new:
@@ -366,30 +500,104 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(f"train/{k}", v, int(logs["step"]))
 
+    def _step_flags(self, logs: dict) -> tuple[bool, str | None]:
+        """(a stop was requested on some rank, what diverged or None) — the same on every rank."""
+        local = [float(self._stop_signal is not None), 0.0, 0.0]
+        for i, model in ((1, self.generator), (2, self.critic)):
+            finite = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in model.parameters()]
+            local[i] = float(not bool(torch.stack(finite).all())) if finite else 0.0
+        if _distributed():
+            flags = torch.tensor(local, device=self._flag_device())
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            local = flags.tolist()
+        checks = (
+            (local[1] > 0, "the generator's weights are", "generator"),
+            (not math.isfinite(logs.get("generator_loss", 0.0)), "generator_loss is", "generator"),
+            (not math.isfinite(logs.get("grad_norm_generator", 0.0)), "the generator's gradient norm is", "generator"),
+            (local[2] > 0, "the critic's weights are", "critic"),
+            (not math.isfinite(logs.get("critic_loss", 0.0)), "critic_loss is", "critic"),
+            (not math.isfinite(logs.get("grad_norm_critic", 0.0)), "the critic's gradient norm is", "critic"),
+        )
+        for bad, what, who in checks:
+            if bad:
+                return local[0] > 0, f"{what} not finite after training step {int(logs['step'])}; " \
+                                     f"check {DIVERGENCE_HINTS[who]}"
+        return local[0] > 0, None
+
+    def _on_signal(self, signum, frame) -> None:
+        import signal
+        import sys
+
+        if self._stop_signal is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop at once (the last checkpoint stays)
+            return
+        self._stop_signal = signum
+        if self.rank == 0:
+            print(f"\nstream-r1: {signal.Signals(signum).name} received: finishing step {self.step} and saving a "
+                  "checkpoint (Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+
     def fit(self, steps: int | None = None, on_step: Callable[[dict], None] | None = None) -> list[dict]:
         """Train until ``steps`` (default ``train.steps``) total steps; saves every
-        ``save_every`` steps and at the end. Returns this call's per-step logs."""
+        ``save_every`` steps and at the end. Returns this call's per-step logs.
+
+        Rows of ``metrics.csv`` at or after the current step (left by an interrupted run) are
+        dropped first. While it runs, SIGTERM / SIGINT (preemption, Ctrl-C) finish the current
+        step, save a checkpoint and raise :class:`TrainingInterrupted` ("interrupted at step N;
+        checkpoint saved to ..."); the previous handlers are restored on return. A NaN / inf
+        loss, gradient norm or weight raises :class:`TrainingDiverged` naming the step and the
+        config keys to check, before any checkpoint of the bad weights is written."""
+        import signal
+        import sys
+        import threading
+
         from tqdm import tqdm
 
         cfg = self.config.train
         steps = cfg.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        self._truncate_metrics(self.step)
         history = []
+        self._stop_signal = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
         bar = tqdm(total=steps, initial=self.step, desc=f"train {self.config.weighting.mode}", unit="step",
                    disable=not cfg.progress or self.rank != 0)
         try:
             while self.step < steps:
                 logs = self.train_step()
                 history.append(logs)
-                if self.step % cfg.log_every == 0 or self.step == steps:
+                stop, diverged = self._step_flags(logs)
+                if self.step % cfg.log_every == 0 or self.step == steps or diverged:
                     self._log(logs)
+                if diverged:
+                    last = ckpt.latest_checkpoint(self.output_dir / "checkpoints")
+                    raise TrainingDiverged(f"training diverged: {diverged}. Nothing was saved for this step; the "
+                                           f"last checkpoint is {last or 'none'}", step=int(logs["step"]))
                 bar.update(1)
                 bar.set_postfix(critic=f"{logs['critic_loss']:.4g}",
                                 gen=f"{logs.get('generator_loss', float('nan')):.4g}")
                 if on_step is not None:
                     on_step(logs)
+                path = None
                 if self.step % cfg.save_every == 0 or self.step == steps:
-                    self.save()
+                    path = self.save()
+                if not _distributed():  # a signal during on_step / the save stops here too
+                    stop = self._stop_signal is not None
+                if stop and self.step < steps:
+                    path = path or self.save()
+                    signum = self._stop_signal or signal.SIGTERM
+                    message = f"interrupted at step {self.step}; checkpoint saved to {path}"
+                    if self.rank == 0:
+                        print(f"stream-r1: {message}", file=sys.stderr, flush=True)
+                    raise TrainingInterrupted(message, step=self.step, path=path, signum=int(signum))
         finally:
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
             bar.close()
             if self._csv is not None:
                 self._csv.close()
@@ -398,6 +606,31 @@ class Trainer:
                 self._tb.close()
                 self._tb = None
         return history
+
+
+CHECKPOINT_WEIGHTS = ("generator", "generator_ema", "critic")
+DIVERGENCE_HINTS = {"generator": "optim.lr_generator / dmd.guidance_scale (too large?)",
+                    "critic": "optim.lr_critic (too large?), or a generator whose samples blew up "
+                              "(optim.lr_generator / dmd.guidance_scale)"}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM / SIGINT during :meth:`Trainer.fit`: the step finished and a checkpoint was saved."""
+
+    def __init__(self, message: str, *, step: int, path: Path | None, signum: int):
+        super().__init__(message)
+        self.step, self.path, self.signum = step, path, signum
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class TrainingDiverged(FloatingPointError):
+    """A NaN / inf loss, gradient norm or weight; the message names the step and the config keys."""
+
+    def __init__(self, message: str, *, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 def _py_state(rng: random.Random) -> list:
@@ -419,6 +652,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     from stream_r1_fast.models import CausalWanTransformer, preset
     from stream_r1_fast.models.loading import load_transformer
 
+    preflight(config)  # paths and reward.factory checked before any model loads
     m = config.model
     if m.dir == "toy":
         from stream_r1_fast.toy.distill import build_toy_trainer
@@ -457,4 +691,4 @@ def build_trainer(config: TrainConfig) -> Trainer:
                    reward_model=reward, device=device)
 
 
-__all__ = ["CSV_COLUMNS", "Trainer", "build_trainer", "shard_model"]
+__all__ = ["CSV_COLUMNS", "Trainer", "TrainingDiverged", "TrainingInterrupted", "build_trainer", "shard_model"]
