@@ -20,8 +20,10 @@ Checkpoint directory read by :meth:`VideoRewardModel.from_pretrained`::
     reward_config.json                VideoRewardConfig fields; normalisation as "mean"/"std"
                                       lists or VideoAlign's "VQ_mean", "VQ_std", ... keys
 
-VideoAlign ships its checkpoint as a LoRA adapter over Qwen2-VL-2B-Instruct plus a
-``non_lora_state_dict.pth``; merge it once into the layout above (not done here).
+VideoAlign ships its checkpoint as a LoRA over Qwen2-VL-2B-Instruct (``model_config.json`` +
+``checkpoint-<step>/``); :mod:`stream_r1_fast.rewards.videoalign` merges it and writes the
+layout above once (``python -m stream_r1_fast.rewards.videoalign RELEASE OUT --base-model DIR``);
+:func:`load_video_reward` also reads such a release folder directly.
 """
 
 from __future__ import annotations
@@ -483,68 +485,30 @@ class VideoRewardModel(nn.Module):
 def load_video_reward(path: str | Path, dtype: str | torch.dtype | None = "bf16", device: str | None = None,
                       **kwargs) -> VideoRewardModel:
     """The ``reward.factory`` entry point: :meth:`VideoRewardModel.from_pretrained` on the
-    current CUDA device by default (bf16)."""
+    current CUDA device by default (bf16). A VideoAlign release folder (``model_config.json``,
+    no ``reward_config.json``) goes through
+    :func:`~stream_r1_fast.rewards.videoalign.load_videoalign_release` instead (``kwargs`` then
+    take ``base_model``, ``prompt_template_file``, ...; it merges the LoRA at every start, so
+    converting once is faster)."""
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    root = Path(path)
+    if (root / "model_config.json").is_file() and not (root / REWARD_CONFIG_NAME).is_file():
+        from stream_r1_fast.rewards.videoalign import load_videoalign_release
+
+        return load_videoalign_release(root, dtype=dtype, device=device, **kwargs)
     return VideoRewardModel.from_pretrained(path, dtype=dtype, device=device, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# A tiny random model for tests (no hub access)
-# --------------------------------------------------------------------------------------------
+def __getattr__(name: str):
+    # The test fixtures moved to stream_r1_fast.rewards.testing; kept importable from here.
+    if name in ("tiny_tokenizer", "tiny_video_reward"):
+        from stream_r1_fast.rewards import testing
 
-_TINY_WORDS = ("judge this generated video . it was from the caption : \" visual quality motion text alignment "
-               "a red blue green white circle square moves left right up down fast slow on black background "
-               "system you are helpful assistant user").split()
-_TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>", *SPECIAL_TOKENS)
-
-
-def tiny_tokenizer():
-    """A word-level tokenizer with the Qwen2-VL special tokens and the three reward tokens."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0}
-    for w in _TINY_WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="<|endoftext|>")
-    fast.add_special_tokens({"additional_special_tokens": list(_TINY_SPECIALS[1:]), "eos_token": "<|im_end|>"})
-    return fast
-
-
-def tiny_video_reward(seed: int = 0, **config) -> VideoRewardModel:
-    """Qwen2-VL with hidden 32, 2 LM layers, vision depth 1; random weights (seeded); CPU fp32.
-    ``config``: VideoRewardConfig fields (default mean/std (0.1, -0.2, 0.3) / (0.5, 1.5, 1.0))."""
-    from transformers import Qwen2VLConfig, Qwen2VLModel
-
-    tok = tiny_tokenizer()
-    qcfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-                         pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
-    )
-    qcfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = Qwen2VLModel(qcfg).float().eval()
-    head = nn.Linear(32, 3, bias=False)
-    with torch.no_grad():
-        head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed + 1))
-    config.setdefault("mean", (0.1, -0.2, 0.3))
-    config.setdefault("std", (0.5, 1.5, 1.0))
-    return VideoRewardModel(model, head, tok, VideoRewardConfig(**config))
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "SPECIAL_TOKENS", "VideoRewardConfig", "VideoRewardModel", "load_video_reward",
-           "patchify_video", "preprocess_video", "resize_frames", "sample_frame_indices", "smart_resize", "tiny_tokenizer",
-           "tiny_video_reward", "unpatchify_video"]
+           "patchify_video", "preprocess_video", "resize_frames", "sample_frame_indices", "smart_resize",
+           "unpatchify_video"]
