@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from stream_r1_fast.models.loading import CheckpointError
 from stream_r1_fast.training import checkpoint as ckpt
-from stream_r1_fast.training.trainer import TrainingInterrupted
+from stream_r1_fast.training.trainer import CSV_COLUMNS, TrainingInterrupted
 from training_helpers import tiny_config, tiny_trainer
 
 @pytest.fixture(autouse=True)
@@ -271,6 +271,19 @@ def test_metrics_have_each_step_once_after_kills_and_resumes(tmp_path):
     for a, b in zip(ref, rows):  # the same values as the uninterrupted run, time aside
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
     assert (out / "metrics.csv").read_text().startswith("step,exit_step,")
+
+
+def test_metrics_of_an_older_layout_are_rewritten_under_todays_columns(run, tmp_path):
+    out = _copy(run, tmp_path)
+    (out / "metrics.csv").write_text("step,critic_loss,old_column\n0,0.5,x\n1,0.25,y\n")
+    trainer = tiny_trainer(_config(out))
+    assert trainer.resume().name == "step_00000002"
+    trainer.fit(steps=3)
+    rows = _metric_rows(out)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert [r["step"] for r in rows] == ["0", "1", "2"]
+    assert rows[0]["critic_loss"] == "0.5" and rows[1]["critic_loss"] == "0.25" and rows[0]["exit_step"] == ""
+    assert float(rows[2]["critic_loss"]) > 0
 
 
 # ---------------------------------------------------------------- signals

@@ -449,7 +449,8 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop the rows of ``metrics.csv`` with step >= ``step`` (a resumed run logs them
-        again) and rows cut short by a kill; the header stays. Atomic (temp file + rename)."""
+        again) and rows cut short by a kill; the header stays (a file with other columns is
+        rewritten under today's, its values kept by column name). Atomic (temp file + rename)."""
         import os
 
         path = self.output_dir / "metrics.csv"
@@ -464,14 +465,16 @@ class Trainer:
         for row in rows[1:]:
             try:
                 if len(row) == len(header) and int(row[col]) < step:
-                    keep.append(row)
+                    keep.append(dict(zip(header, row)))
             except ValueError:
                 pass
-        if len(keep) == len(rows) - 1:
+        if len(keep) == len(rows) - 1 and tuple(header) == CSV_COLUMNS:
             return
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([header, *keep])
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows(keep)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
