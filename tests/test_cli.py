@@ -50,7 +50,7 @@ def test_prompt_schedule(model_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, match",
     [
-        (["--seconds", "0"], "--seconds must be positive"),
+        (["--seconds", "0"], "--seconds must be a finite number > 0"),
         (["--output", "x.avi"], "must end in .mp4"),
         (["--model", "/nonexistent/model"], "no such model folder"),
         (["--prompt-schedule", "/nonexistent.txt"], "does not exist"),

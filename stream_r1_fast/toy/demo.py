@@ -12,12 +12,19 @@ the EMA-Sink cache, 4 steps per chunk, and the speed printed is streaming speed 
 the first decoded chunk. ``--generator teacher`` samples the bidirectional teacher instead — the
 whole clip at once, ``--steps`` Euler steps with guidance ``--cfg`` — and the speed printed is
 frames generated per second of wall time, not streaming; ``--generator PATH`` streams any
-student file.
+student file. Torch keeps its own thread count (it follows ``OMP_NUM_THREADS``) unless
+``--threads`` is given; the count used is printed. A bad argument (a caption outside the toy
+grammar, ``--frames`` not 1 + 4k >= 5, ``--threads`` < 1, an unwritable ``--out``) is one line on
+stderr and exit status 2, before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +33,7 @@ import torch
 from stream_r1_fast.toy.codec import ToyCodec
 from stream_r1_fast.toy.models import WEIGHTS, load_teacher, load_transformer_file
 from stream_r1_fast.toy.text import ToyTextEncoder
-from stream_r1_fast.toy.world import ToyWorld
+from stream_r1_fast.toy.world import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS, VOCABULARY, ToyWorld, parse_caption
 
 STUDENTS = ("stream_r1", "re_dmd", "dmd")
 PLAYBACK_FPS = 16  # the videos are written at 16 frames per second (Wan2.1's rate)
@@ -99,39 +106,138 @@ def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, 
     return paths
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompt", help="a toy caption (default: the caption of a random world clip)")
+GRAMMAR = (
+    "A caption names one to three objects (of distinct colours), joined by 'and', then the background:\n"
+    "  a <size> <colour> <shape> moving <direction> <speed> [and a ...] on a <background> background\n"
+    f"  size: {' | '.join(SIZES)}; colour: {' | '.join(COLORS)}; shape: {' | '.join(SHAPES)};\n"
+    f"  direction: {' | '.join(DIRECTIONS)}; speed: {' | '.join(SPEEDS)}; background: {' | '.join(BACKGROUNDS)}\n"
+    '  e.g. "a small red circle moving left fast and a large blue square moving up slow on a black background"'
+)
+_GRAMMAR_LINE = "a caption is 'a <size> <colour> <shape> moving <direction> <speed> [and a ...] on a <background> background' (see --help)"
+
+
+class DemoError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+def check_caption(caption: str) -> str:
+    """A caption the toy text encoder and the oracle both take, or a DemoError saying what is wrong."""
+    words = caption.split()
+    if not words:
+        raise DemoError(f"--prompt is empty; {_GRAMMAR_LINE}")
+    unknown = [w for w in dict.fromkeys(words) if w not in VOCABULARY]
+    if unknown:
+        raise DemoError(f"--prompt: {', '.join(map(repr, unknown))} not in the toy vocabulary ({' '.join(VOCABULARY)}); "
+                        f"{_GRAMMAR_LINE}")
+    try:
+        objects, _ = parse_caption(" ".join(words))
+    except ValueError as exc:
+        raise DemoError(f"--prompt: {exc}; {_GRAMMAR_LINE}") from None
+    colours = [o.color for o in objects]
+    if len(set(colours)) < len(colours):
+        raise DemoError(f"--prompt: two objects are {colours}: the objects of a caption have distinct colours "
+                        "(the oracle tells them apart by colour)")
+    return " ".join(words)
+
+
+def check_out(out: Path) -> None:
+    """The output folder exists or can be made, and a file can be written in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".toy-demo-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DemoError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+
+
+def check_args(args) -> None:
+    if args.frames < 5 or (args.frames - 1) % 4:  # 1 + 4k: the codec's grouping; k >= 1: the reward model's
+        raise DemoError(f"--frames must be 1 + 4k with k >= 1 (5, 9, ..., 33, ...), got {args.frames}")
+    if args.threads is not None and args.threads < 1:
+        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    if args.steps < 1:
+        raise DemoError(f"--steps must be >= 1, got {args.steps}")
+    if not math.isfinite(args.cfg):
+        raise DemoError(f"--cfg must be a finite number, got {args.cfg}")
+    if not 0 <= args.seed < 2**64:
+        raise DemoError(f"--seed must be in [0, 2**64), got {args.seed}")
+    if args.generator not in ("auto", "teacher"):
+        path = Path(args.generator)
+        if not path.is_file() or path.suffix != ".safetensors":
+            raise DemoError(f"--generator {args.generator}: not auto, teacher or a student .safetensors file")
+
+
+def _threads_note(asked: int | None) -> str:
+    if asked is not None:
+        return "--threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"torch's default under OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    return "torch's default; --threads to change"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stream_r1_fast.toy.demo", description=__doc__, epilog=GRAMMAR,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt", help="a toy caption, as below (default: the caption of a random world clip)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--frames", type=int, default=33, help="video frames, 1 + 4k")
+    ap.add_argument("--frames", type=int, default=33, help="video frames, 1 + 4k with k >= 1 (default 33)")
     ap.add_argument("--steps", type=int, default=24, help="teacher Euler steps")
     ap.add_argument("--cfg", type=float, default=1.0, help="teacher guidance scale (1: none; the shipped teacher scores best on attributes without)")
     ap.add_argument("--generator", default="auto", help="auto (best shipped), teacher, or a student .safetensors")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="toy_demo")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's own, which follows OMP_NUM_THREADS; the number used is printed)")
+    ap.add_argument("--out", default="toy_demo", help="output folder (default toy_demo)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    except (DemoError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"{ap.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    check_args(args)
+    prompt = check_caption(args.prompt) if args.prompt is not None else None
+    out = Path(args.out)
+    check_out(out)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    from safetensors import SafetensorError
 
     from stream_r1_fast.toy.oracle import score_clip
     from stream_r1_fast.toy.reward import ToyRewardModel
 
-    prompt = args.prompt or ToyWorld().sample_attributes(torch.Generator().manual_seed(args.seed)).caption
-    video, what, fps, first = generate(prompt, seed=args.seed, num_frames=args.frames, steps=args.steps,
-                                       cfg=args.cfg, generator=args.generator)
-    paths = write_outputs(video, prompt, Path(args.out))
+    prompt = prompt or ToyWorld().sample_attributes(torch.Generator().manual_seed(args.seed)).caption
+    try:
+        video, what, fps, first = generate(prompt, seed=args.seed, num_frames=args.frames, steps=args.steps,
+                                           cfg=args.cfg, generator=args.generator)
+    except (SafetensorError, ValueError) as exc:
+        if args.generator in ("auto", "teacher"):
+            raise
+        raise DemoError(f"--generator {args.generator}: cannot load it: {exc}") from exc
+    try:
+        paths = write_outputs(video, prompt, out)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DemoError(f"--out {out}: writing the outputs failed: {exc}") from exc
     metrics = score_clip(video, prompt)
     with torch.no_grad():
         reward = ToyRewardModel.pretrained().rewards(video[None], [prompt]).normalized[0]
     print(f"prompt:    {prompt}")
     print(f"generator: {what}")
-    speed = f"{fps:.0f} frames/s on {torch.get_num_threads()} CPU threads"
+    speed = f"{fps:.0f} frames/s on {torch.get_num_threads()} CPU threads ({_threads_note(args.threads)})"
     if first is not None:
         speed += f" = {fps / PLAYBACK_FPS:.1f}x real time at {PLAYBACK_FPS} fps, first frames after {first * 1000:.0f} ms"
     print(f"video:     {video.shape[0]} frames of {video.shape[3]}x{video.shape[2]}, {speed}")
     print("oracle:    " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     print("reward:    " + ", ".join(f"{k} {v:+.2f}" for k, v in zip(("VQ", "MQ", "TA"), reward.tolist())))
     print("wrote:     " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -52,6 +52,12 @@ class ToyTextEncoder:
             out[pos, len(VOCABULARY) + slot] = 1.0
         return out
 
+    def check_prompt(self, caption: str) -> None:
+        """The ValueError :meth:`encode_one` would raise for ``caption`` (a word outside the
+        vocabulary, too many words), if any: the streaming pipeline checks every prompt of a
+        schedule with it before the first chunk."""
+        self.encode_one(caption)
+
     def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
         if isinstance(prompts, str):
             prompts = [prompts]
