@@ -175,6 +175,28 @@ def check_model_dir(model: str, checkpoint: str | None) -> tuple[int, int, int]:
     return 2 ** sum(bool(d) for d in down), spatial * patch[1], spatial * patch[2]
 
 
+def check_prompt_tokens(model: str, prompts: list[str], option: str, max_length: int = 512) -> None:
+    """Tokenize every prompt with the model's tokenizer (cheap next to the weights): a tokenizer
+    that does not load is an error; words it only knows as its unknown token, and prompts longer
+    than the text encoder reads, are warnings (the model still runs)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(Path(model) / "tokenizer"))
+    except Exception as exc:  # any failure to build it is the folder's fault
+        raise UsageError(f"--model {model}: tokenizer/ does not load: {_one_line(exc)}") from None
+    for p in dict.fromkeys(prompts):
+        unknown = [w for w in dict.fromkeys(p.split())
+                   if tok.unk_token_id is not None and tok.unk_token_id in tok(w, add_special_tokens=False).input_ids]
+        if unknown:
+            print(f"stream-r1 generate: warning: {option}: the tokenizer knows {', '.join(map(repr, unknown))} "
+                  f"only as {tok.unk_token} (in {p!r:.80})", file=sys.stderr)
+        n = len(tok(p).input_ids)
+        if n > max_length:
+            print(f"stream-r1 generate: warning: {option}: {p[:40]!r}... is {n} tokens; the text encoder reads "
+                  f"the first {max_length}", file=sys.stderr)
+
+
 def check_device(name: str | None):
     """``--device`` -> a torch.device that is present (default: cuda if available, else cpu)."""
     import torch
@@ -263,6 +285,8 @@ def check_generate_args(args) -> dict:
         if late:
             print(f"stream-r1 generate: warning: --prompt-schedule: {len(late)} prompt(s) start after the video "
                   f"ends ({args.seconds:g} s) and are not used: {prompt[late[0]]!r}...", file=sys.stderr)
+    check_prompt_tokens(args.model, [prompt] if isinstance(prompt, str) else list(prompt.values()),
+                        "--prompt-schedule" if args.prompt_schedule else "--prompt")
     device = check_device(args.device)
     output = Path(args.output)
     check_output(output)

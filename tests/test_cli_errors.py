@@ -282,3 +282,17 @@ def test_console_exit_status_and_no_traceback(model_dir, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "stream-r1 generate: error: --seconds must be a finite number > 0, got inf"
     ]
+
+
+def test_words_the_tokenizer_does_not_know_are_a_warning(model_dir, tmp_path, capsys):
+    sched = tmp_path / "s.txt"
+    sched.write_text("0 a red circle\n0.8 a purple circle\n")
+    rc, _, err = run(generate(model_dir, tmp_path, prompt=("--prompt-schedule", str(sched))), capsys)
+    assert rc == 0, err
+    assert "stream-r1 generate: warning: --prompt-schedule: the tokenizer knows 'purple' only as <unk>" in err
+
+
+def test_tokenizer_that_does_not_load(model_dir, tmp_path, capsys, no_loading):
+    root = broken_copy(model_dir, tmp_path, lambda r: (r / "tokenizer" / "tokenizer.json").write_text("{broken"))
+    rc, _, err = run(generate(model_dir, tmp_path, "--model", str(root)), capsys)
+    assert_one_line_error(rc, err, f"--model {root}", "tokenizer/ does not load")
