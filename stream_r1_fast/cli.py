@@ -4,7 +4,10 @@
         --prompt "a red fox runs through snow" --seconds 10 --seed 0 --output fox.mp4
 
 writes ``fox.mp4`` and a contact sheet ``fox.png``, and ends with one line giving the time to
-first frame and the sustained frame rate, saying what each includes.
+first frame and the sustained frame rate, saying what each includes. Whatever can be checked
+without the weights (the model folder, the checkpoint path, every prompt, sizes, the device,
+the output folder, ffmpeg) is checked before the model loads; a bad option or input, or a
+failed write, is one line naming the option and exit status 2 (``--debug``: the traceback).
 
     stream-r1 train --config configs/wan2.1_1.3b_stream_r1.yaml     # or under torchrun
 
