@@ -29,11 +29,15 @@ def device(request):
     return torch.device(request.param)
 
 
+_ONE_THREAD_MODULES = ("test_model", "test_streaming", "test_cli", "test_toy", "test_training", "test_checkpoint",
+                       "test_serve", "test_chunk_step")
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_for_tiny_models(request):
     # Tiny-model tests are dominated by thread hand-off on small ops: one thread is ~4x faster
     # on a 2-core CI machine. Kernel tests keep the default so parallel_for runs in parallel.
-    if request.module.__name__.split(".")[-1].startswith(("test_model", "test_streaming", "test_cli", "test_toy", "test_training_run")):
+    if request.module.__name__.split(".")[-1].startswith(_ONE_THREAD_MODULES):
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         yield

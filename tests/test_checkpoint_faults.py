@@ -23,14 +23,6 @@ from stream_r1_fast.training import checkpoint as ckpt
 from stream_r1_fast.training.trainer import CSV_COLUMNS, TrainingInterrupted
 from training_helpers import tiny_config, tiny_trainer
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _config(out, **train):
     return tiny_config("dmd", str(out), train={"steps": 2, "save_every": 1, **train})
 

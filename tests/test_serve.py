@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -25,14 +24,6 @@ from stream_r1_fast.serve.backend import POLICY_PRESETS  # noqa: E402
 A = "a large red circle moving right slow on a black background"
 B = "a small blue square moving up fast on a gray background"
 TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -19,14 +18,6 @@ from stream_r1_fast.serve.app import create_app  # noqa: E402
 from stream_r1_fast.serve.backend import toy_backend  # noqa: E402
 from stream_r1_fast.serve.loadtest import report, run_load  # noqa: E402
 from stream_r1_fast.serve.local import LocalServer  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

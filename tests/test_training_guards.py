@@ -21,14 +21,6 @@ from training_helpers import tiny_config, tiny_trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("section, key, value", [
     ("optim", "lr_generator", math.inf),
     ("optim", "weight_decay", -0.1),
