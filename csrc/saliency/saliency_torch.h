@@ -78,9 +78,19 @@ inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weigh
 
   p.tf = temporal_factor;
   p.sf = spatial_factor;
+  // The latent grid for any factor up to 2^63 - 1 (ceil_div cannot overflow), and the products
+  // the kernels index with, checked (the input's numel bounds them, the checks keep it so).
   p.F = 1 + ceil_div(p.T - 1, p.tf);
   p.h = ceil_div(p.H, p.sf);
   p.w = ceil_div(p.W, p.sf);
+  const int64_t frames = checked_mul(p.B, p.F, "saliency batch * latent frames");
+  checked_mul(checked_mul(frames, p.h, "saliency batch * latent frames * latent rows"), p.w,
+              "saliency latent grid size");
+  checked_mul(checked_mul(p.A, checked_mul(p.C, p.T, "saliency.shape[C] * shape[T]"),
+                          "saliency.shape[A] * shape[C] * shape[T]"),
+              checked_mul(p.B, checked_mul(p.H, p.W, "saliency.shape[H] * shape[W]"),
+                          "saliency.shape[B] * shape[H] * shape[W]"),
+              "saliency.numel()");
   p.mode = mode == "vae" ? Mode::kVae : Mode::kTrilinear;
   p.tau_floor = static_cast<float>(tau_floor);
   p.sigma_floor = static_cast<float>(sigma_floor);

@@ -43,6 +43,9 @@ def new_sink_cache(
     head_dim]; ``cache_pos``: int32 [sink_size + window], all -1 (every slot empty);
     ``state``: int32 [4] zeros. Pass them to :func:`ema_cache_update` once per chunk.
     """
+    for name, value in (("batch", batch), ("sink_size", sink_size), ("window", window),
+                        ("tokens_per_frame", tokens_per_frame), ("heads", heads), ("head_dim", head_dim)):
+        check_int(name, value)
     if sink_size < 0 or window < 1:
         raise ValueError(f"need sink_size >= 0 and window >= 1, got {sink_size} and {window}")
     if tokens_per_frame < 1:
