@@ -136,13 +136,13 @@ def test_this_process_reports_its_cuda_path():
 def test_forcing_nvrtc_without_gpu_fails_clearly():
     if stream_r1_fast.backend_info().name != "extension":
         pytest.skip("no extension")
-    res = _run(["-c", "import stream_r1_fast"], **{BACKEND_ENV: "nvrtc"})
+    res = _run(["-c", "import stream_r1_fast.ops"], **{BACKEND_ENV: "nvrtc"})
     assert res.returncode != 0
     assert "STREAM_R1_FAST_BACKEND=nvrtc but NVRTC kernels cannot run here: no CUDA device" in res.stderr
 
 
 def test_forcing_nvrtc_without_extension_fails_clearly():
-    res = _run(["-c", "import stream_r1_fast"], **{BACKEND_ENV: "nvrtc", EXTENSION_ENV: "/nonexistent/_C.so"})
+    res = _run(["-c", "import stream_r1_fast.ops"], **{BACKEND_ENV: "nvrtc", EXTENSION_ENV: "/nonexistent/_C.so"})
     assert res.returncode != 0
     assert "STREAM_R1_FAST_BACKEND=nvrtc but the compiled extension cannot be loaded" in res.stderr
 
