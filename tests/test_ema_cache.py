@@ -331,6 +331,28 @@ def test_wrong_types_name_the_argument(device, name, value):
         ema_cache_update(**args)
 
 
+@pytest.mark.parametrize("alias", ["v_cache is k_cache", "k_new inside k_cache", "state inside cache_pos"])
+def test_overlapping_tensors_are_refused(device, alias):
+    """The update is in place: an output sharing memory with another argument would race
+    (kernels) or read half-written data (reference). Views of one buffer that do not overlap,
+    and inputs that alias each other (k_new is v_new), are fine."""
+    args = _good_args(device)
+    if alias == "v_cache is k_cache":
+        args["v_cache"] = args["k_cache"]
+    elif alias == "k_new inside k_cache":
+        args["k_new"] = args["k_cache"].view(-1)[: args["k_new"].numel()].view(args["k_new"].shape)
+    else:
+        buf = torch.full((6,), -1, dtype=torch.int32, device=device)
+        args["cache_pos"], args["state"] = buf[:5], buf[2:6]
+    with pytest.raises(ValueError, match="must not share memory"):
+        ema_cache_update(**args)
+    packed = torch.zeros(2, *args["k_cache"].shape, device=device)
+    good = _good_args(device)
+    good["k_cache"], good["v_cache"] = packed[0], packed[1]
+    good["v_new"] = good["k_new"]
+    ema_cache_update(**good)
+
+
 @pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not loaded")
 @pytest.mark.parametrize("name", ["k_cache", "v_cache", "cache_pos", "state", "k_new", "v_new"])
 def test_one_meta_tensor_is_refused(name):

@@ -78,3 +78,26 @@ def checked_size(what: str, value: int, limit: int = INT64_MAX) -> int:
         bound = "2^63 - 1 (int64)" if limit == INT64_MAX else ("2^31 - 1" if limit == INT32_MAX else str(limit))
         raise ValueError(f"{what} = {value} exceeds {bound}")
     return value
+
+
+def check_no_overlap(written: dict[str, torch.Tensor], read: dict[str, torch.Tensor]) -> None:
+    """An in-place op's contiguous outputs (``written``) must share memory with no other
+    argument (inputs that only are read may alias each other): ValueError naming both.
+    Skipped where there is no memory to compare (meta and fake tensors, tracing)."""
+    if torch.compiler.is_compiling():
+        return
+
+    def span(t):
+        if t.device.type == "meta" or torch._subclasses.fake_tensor.is_fake(t) or t.numel() == 0:
+            return None
+        return t.device, t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+    spans = {name: span(t) for name, t in {**written, **read}.items()}
+    names = list(spans)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a not in written and b not in written:
+                continue
+            sa, sb = spans[a], spans[b]
+            if sa and sb and sa[0] == sb[0] and sa[1] < sb[2] and sb[1] < sa[2]:
+                raise ValueError(f"{a} and {b} must not share memory ({a if a in written else b} is updated in place)")

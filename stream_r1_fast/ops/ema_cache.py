@@ -15,6 +15,7 @@ from stream_r1_fast._backend import backend_info, use_kernel
 from stream_r1_fast.ops._checks import (
     INT32_MAX,
     check_int,
+    check_no_overlap,
     check_number,
     check_same_device,
     check_tensors,
@@ -134,6 +135,8 @@ def check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, al
                     ("state", state), ("k_new", k_new), ("v_new", v_new)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    check_no_overlap(dict(k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state),
+                     dict(k_new=k_new, v_new=v_new))
 
 
 _check_inputs = check_inputs  # the name the NVRTC launcher used

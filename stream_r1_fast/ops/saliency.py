@@ -52,13 +52,13 @@ def saliency_weights(
             [B, T, H, W]. float32, float16 or bfloat16 (float64 runs the reference), contiguous.
         axis_weights: [A] or [B, A] weights of the axes in ``S = sum_m w_m ||g_m||_2``, e.g.
             :func:`axis_weights_from_rewards`; ``None`` = equal weights 1/A. Ignored for a
-            fused map.
+            fused map (but, as every tensor argument, on the device of ``saliency``).
         mode: how S reaches the latent grid: ``"vae"`` averages over the VAE's causal groups
             (frame 0 alone, then ``temporal_factor`` frames; ``spatial_factor``^2 pixels);
             ``"trilinear"`` resamples like ``F.interpolate(..., mode="trilinear")``.
-        temporal_factor, spatial_factor: the VAE's compression (Wan: 4 and 8). The latent grid
-            is F = 1 + ceil((T - 1) / temporal_factor), h = ceil(H / spatial_factor),
-            w = ceil(W / spatial_factor).
+        temporal_factor, spatial_factor: the VAE's compression (Wan: 4 and 8), ints in
+            [1, 2^63 - 1]. The latent grid is F = 1 + ceil((T - 1) / temporal_factor),
+            h = ceil(H / spatial_factor), w = ceil(W / spatial_factor).
         gamma_t, gamma_s: strengths in [0, 1]: the min-max normalised temporal / spatial
             profile becomes ``(1 - gamma) + gamma * profile`` (0 = uniform) ...
         tau_floor, sigma_floor: ... and is then floored, ``max(that, floor)`` (Stream-R1's
@@ -68,7 +68,8 @@ def saliency_weights(
         ``(weights [B, F, h, w], tau [B, F], sigma [B, F, h, w])``, float32 (float64 for a
         float64 input), detached: ``weights = tau * sigma`` normalised to mean 1 per sample;
         tau has mean 1 over F, sigma mean 1 over (h, w) per frame. Constant, zero or
-        non-finite saliency gives uniform weights.
+        non-finite saliency gives uniform weights. Malformed arguments raise TypeError /
+        ValueError naming the argument.
     """
     check_inputs(saliency, axis_weights, mode, temporal_factor, spatial_factor,
                  tau_floor, sigma_floor, gamma_t, gamma_s)
