@@ -149,6 +149,30 @@ REGRESSIONS = {
         dict(op="ema_cache_update", call="direct", args=_ema_args(
             a0=T((0, 5, 2**31, 2**31, 4)), a1=T((0, 5, 2**31, 2**31, 4)),
             a4=T((0, 2**32, 2**31, 4)), a5=T((0, 2**32, 2**31, 4)))),
+    "sink_attention empty batch":
+        dict(op="sink_attention", call="direct", args=_attn_args(
+            a0=T((0, 6, 2, 64)), a1=T((0, 6, 2, 64)), a2=T((0, 6, 2, 64)), a3=T((0, 2, 6, 2, 64)),
+            a4=T((0, 2, 6, 2, 64)))),
+    "sink_attention no heads, wrapper":
+        dict(op="sink_attention", call="wrapper", args=_attn_args(
+            a0=T((1, 6, 0, 64)), a1=T((1, 6, 0, 64)), a2=T((1, 6, 0, 64)), a3=T((1, 2, 6, 0, 64)),
+            a4=T((1, 2, 6, 0, 64)))),
+    "sink_attention empty cache":
+        dict(op="sink_attention", call="direct", args=_attn_args(
+            a3=T((1, 0, 6, 2, 64)), a4=T((1, 0, 6, 2, 64)), a5=T((0,), "int32"))),
+    "ema_cache_update empty batch":
+        dict(op="ema_cache_update", call="direct", args=_ema_args(
+            a0=T((0, 5, 3, 2, 8)), a1=T((0, 5, 3, 2, 8)), a4=T((0, 6, 2, 8)), a5=T((0, 6, 2, 8)))),
+    "ema_cache_update no heads":
+        dict(op="ema_cache_update", call="direct", args=_ema_args(
+            a0=T((1, 5, 3, 0, 8)), a1=T((1, 5, 3, 0, 8)), a4=T((1, 6, 0, 8)), a5=T((1, 6, 0, 8)))),
+    "ema_cache_update inconsistent state":
+        dict(op="ema_cache_update", call="direct", args=_ema_args(
+            a3=T((4,), "int32", fill=[2**31 - 1, -2**31, 7, -5]))),
+    "saliency_weights fp16 inf":
+        dict(op="saliency_weights", call="direct", args=_sal_args(a0=T((3, 2, 9, 3, 16, 16), "float16", fill="inf"))),
+    "saliency_weights one pixel":
+        dict(op="saliency_weights", call="direct", args=_sal_args(a0=T((1, 1, 1, 1, 1, 1)), a1=T((1,)))),
     "sink_attention all meta (shape propagation)":
         dict(op="sink_attention", call="direct", args=[
             {**a, "device": "meta"} if isinstance(a, dict) else a for a in _attn_args()]),
