@@ -9,10 +9,11 @@ without the weights (the model folder, the checkpoint path, every prompt, sizes,
 the output folder, ffmpeg) is checked before the model loads; a bad option or input, or a
 failed write, is one line naming the option and exit status 2 (``--debug``: the traceback).
 
-    stream-r1 train --config configs/wan2.1_1.3b_stream_r1.yaml     # or under torchrun
+    stream-r1 train --config wan2.1_1.3b_stream_r1 model.dir=/ckpt/Wan2.1-T2V-1.3B-Diffusers ...
 
-trains with the YAML config (DMD, Re-DMD or Stream-R1), resuming from the last complete
-checkpoint of its output folder.
+trains with the YAML config (a file, or the name of a packaged recipe: ``stream-r1 train
+--list-configs``) and ``KEY=VALUE`` overrides (DMD, Re-DMD or Stream-R1; also under torchrun),
+resuming from the last complete checkpoint of its output folder.
 """
 
 from __future__ import annotations
@@ -47,11 +48,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def read_prompt_schedule(path: str | Path, chunk_seconds: float) -> dict[int, str]:
+def chunk_start_seconds(n: int, chunk_seconds: float, first_chunk_seconds: float) -> float:
+    """When chunk ``n`` starts in the video: chunk 0 at 0, chunk 1 after the first chunk's
+    ``first_chunk_seconds`` (Wan: 9 frames), every later one ``chunk_seconds`` (12 frames) on."""
+    return 0.0 if n == 0 else first_chunk_seconds + (n - 1) * chunk_seconds
+
+
+def read_prompt_schedule(path: str | Path, chunk_seconds: float,
+                         first_chunk_seconds: float | None = None) -> dict[int, str]:
     """A schedule file -> ``{chunk: prompt}``. JSON: ``[{"at": seconds, "prompt": str}, ...]``;
     text: one ``SECONDS<whitespace>PROMPT`` per line (``#`` comments). A switch takes effect at
-    the first chunk starting at or after its time. Every entry is checked (a finite time >= 0,
-    a non-empty prompt; the first at 0 s): a ValueError names the file (and line) of a bad one."""
+    the first chunk starting at or after its time (chunk 0 lasts ``first_chunk_seconds``,
+    default ``chunk_seconds``; see :func:`chunk_start_seconds`). Every entry is checked (a
+    finite time >= 0, a non-empty prompt; the first at 0 s): a ValueError names the file (and
+    line) of a bad one."""
+    first = chunk_seconds if first_chunk_seconds is None else first_chunk_seconds
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt schedule {path} does not exist")
@@ -90,7 +101,8 @@ def read_prompt_schedule(path: str | Path, chunk_seconds: float) -> dict[int, st
             raise ValueError(f"{where}: the prompt must be a non-empty string, got {prompt!r}")
     schedule: dict[int, str] = {}
     for _, at, prompt in sorted(entries, key=lambda e: e[1]):  # equal times: the later line wins
-        schedule[math.ceil(at / chunk_seconds - 1e-9)] = prompt
+        chunk = 0 if at <= 0 else 1 + max(0, math.ceil((at - first) / chunk_seconds - 1e-9))
+        schedule[chunk] = prompt
     if 0 not in schedule:
         raise ValueError(f"{path}: the first prompt must start at 0 seconds")
     return schedule
@@ -281,9 +293,15 @@ def check_generate_args(args) -> dict:
     prompt = args.prompt
     if args.prompt_schedule:
         try:
-            prompt = read_prompt_schedule(args.prompt_schedule, CHUNK_FRAMES * t_factor / FPS)
+            chunk_s, first_s = CHUNK_FRAMES * t_factor / FPS, (1 + (CHUNK_FRAMES - 1) * t_factor) / FPS
+            prompt = read_prompt_schedule(args.prompt_schedule, chunk_s, first_s)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--prompt-schedule: {_one_line(exc)}") from None
+        if not args.quiet:
+            for k in sorted(prompt)[1:]:
+                print(f"stream-r1 generate: the prompt switch to {prompt[k]!r} takes effect at chunk {k} "
+                      f"({chunk_start_seconds(k, chunk_s, first_s):.3f} s: switches happen at chunk boundaries)",
+                      file=sys.stderr)
         late = sorted(k for k in prompt if k >= chunks)
         if late:
             print(f"stream-r1 generate: warning: --prompt-schedule: {len(late)} prompt(s) start after the video "
@@ -420,18 +438,23 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
-    """``stream-r1 train``. A bad config (YAML syntax, unknown key, bad value, missing
-    ``model.dir``, unimportable ``reward.factory``: all checked before any model loads) prints
-    one line naming the key and returns 2; a diverged run or unusable checkpoints return 1;
-    SIGTERM / Ctrl-C save a checkpoint and return 128 + the signal number. ``--debug`` adds
-    the traceback."""
+    """``stream-r1 train``. ``--config``: a YAML file or a packaged recipe's name; then
+    ``KEY=VALUE`` overrides (``optim.lr_generator=1e-5``), validated with the file; ``--steps``,
+    ``--output-dir``, ``--device`` are overrides of ``train.*`` applied last. ``--list-configs``
+    prints the packaged recipes. A bad config (YAML syntax, unknown key, bad value, a missing
+    path or prompt file, an unimportable ``reward.factory``: all checked by the preflight before
+    any model loads) prints one line naming the key and returns 2; a diverged run or unusable
+    checkpoints return 1; SIGTERM / Ctrl-C save a checkpoint and return 128 + the signal number.
+    ``--debug`` adds the traceback."""
     import os
     import traceback
 
     import torch.distributed as dist
 
     from stream_r1_fast.models.loading import CheckpointError
-    from stream_r1_fast.training.config import ConfigError, TrainConfig, preflight, validate
+    from stream_r1_fast.training.config import (
+        ConfigError, TrainConfig, describe_config, packaged_configs, preflight, validate,
+    )
     from stream_r1_fast.training.trainer import TrainingDiverged, TrainingInterrupted, build_trainer
 
     def fail(exc: BaseException, status: int) -> int:
@@ -443,14 +466,20 @@ def _train(args) -> int:
         print(f"stream-r1 train: error: {text}", file=sys.stderr)
         return status
 
+    if args.list_configs:
+        for name, path in packaged_configs().items():
+            print(f"{name:24s} {describe_config(path)}")
+        return 0
+    if args.config is None:
+        print("stream-r1 train: error: --config is required (a YAML file or a packaged recipe: --list-configs)",
+              file=sys.stderr)
+        return 2
     try:
-        config = TrainConfig.from_yaml(args.config)
-        overrides = {"steps": args.steps, "output_dir": args.output_dir, "device": args.device}
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(config.train, key, value)
+        flags = {"train.steps": args.steps, "train.output_dir": args.output_dir, "train.device": args.device}
+        overrides = [*args.overrides, *((k, v) for k, v in flags.items() if v is not None)]
         if args.resume_inexact:
-            config.train.resume_inexact = True
+            overrides.append(("train.resume_inexact", True))
+        config = TrainConfig.from_yaml(args.config, overrides)
         validate(config)
         preflight(config)
     except (ConfigError, FileNotFoundError) as exc:
@@ -501,6 +530,22 @@ def _nonempty(text: str) -> str:
     return text
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """``stream-r1 train``'s parser: positionals (the overrides) may be split by options
+    (``a=1 --steps 3 b=2``), as :meth:`~argparse.ArgumentParser.parse_known_intermixed_args` reads them."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-r1", description="Streaming autoregressive video generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -528,7 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
 
     t = sub.add_parser("train", help="DMD / Re-DMD / Stream-R1 distillation (under torchrun for several GPUs)")
-    t.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    t.add_argument("--config", help="YAML training config: a file, or a packaged recipe's name (--list-configs)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, values as YAML (optim.lr_generator=1e-5 weighting.mode=re_dmd "
+                        "rollout.steps=[1000,500]); checked like the file")
+    t.add_argument("--list-configs", action="store_true", help="list the packaged recipes and exit")
+    t.__class__ = _IntermixedParser  # KEY=VALUE overrides before, between and after the options
     t.add_argument("--steps", type=_count, help="override train.steps (>= 0)")
     t.add_argument("--output-dir", type=_nonempty, help="override train.output_dir")
     t.add_argument("--device", type=_nonempty, help="override train.device")

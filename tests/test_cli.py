@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from tiny_wan import write_pipeline_dir
 
-from stream_r1_fast.cli import main, read_prompt_schedule
+from stream_r1_fast.cli import chunk_start_seconds, main, read_prompt_schedule
 
 # mp4 writing needs the ffmpeg binary of imageio-ffmpeg (a dependency; absent on the offline GPU box).
 pytest.importorskip("imageio_ffmpeg")
@@ -84,3 +84,17 @@ def test_cli_requires_a_prompt(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", "m", "--output", "o.mp4"])
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_prompt_schedule_counts_the_shorter_first_chunk(tmp_path):
+    """Wan's first chunk decodes to 9 frames, the others to 12: at 16 fps chunk 1 starts at
+    0.5625 s and chunk 2 at 1.3125 s. A switch at 1.4 s takes effect at chunk 3 (2.0625 s), the
+    first chunk that starts at or after it (counting every chunk as 12 frames would give chunk 2,
+    which starts before the time asked for)."""
+    txt = tmp_path / "s.txt"
+    txt.write_text("0 a red circle\n0.5 a blue square\n1.4 a green circle\n")
+    sched = read_prompt_schedule(txt, 0.75, 0.5625)
+    assert sched == {0: "a red circle", 1: "a blue square", 3: "a green circle"}
+    for k in sched:
+        assert chunk_start_seconds(k, 0.75, 0.5625) >= {0: 0, 1: 0.5, 3: 1.4}[k]
+    assert chunk_start_seconds(2, 0.75, 0.5625) == 1.3125

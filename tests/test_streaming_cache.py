@@ -2,8 +2,9 @@
 
 (a) Reward Forcing's cache, written the way its code does it (time-ordered K/V joined with
     torch.cat, the chunk appended on its first forward and overwritten on later forwards,
-    EMA fold when the evicted length equals the sink length, RoPE recomputed with complex
-    numbers at every call over window positions 0..N-1);
+    EMA fold when the evicted length equals the sink length — the only sizes used here, where
+    our group-mean fold is Reward Forcing's fold (other sizes: tests/test_ema_cache.py) —, RoPE
+    recomputed with complex numbers at every call over window positions 0..N-1);
 (b) with no sink and a window longer than the video, one block-causal forward of the model.
 """
 
