@@ -19,7 +19,6 @@ reward-weighted modes. ``model.dir: toy`` in a training config selects it, so
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -126,11 +125,10 @@ def build_toy_trainer(config, *, student: str | Path | None = None):
     ``reward.factory``: the reward model of the reward-weighted modes (the toy one:
     ``stream_r1_fast.toy.reward:ToyRewardModel.pretrained``).
     """
-    import importlib
-
     from stream_r1_fast.toy.codec import ToyCodec
     from stream_r1_fast.toy.models import WEIGHTS, load_transformer_file
     from stream_r1_fast.toy.text import ToyTextEncoder
+    from stream_r1_fast.training.config import resolve_factory
     from stream_r1_fast.training.trainer import Trainer
 
     m = config.model
@@ -149,11 +147,7 @@ def build_toy_trainer(config, *, student: str | Path | None = None):
     critic = load(m.critic, Path(m.teacher) if m.teacher else WEIGHTS / "teacher.safetensors")
     reward = None
     if config.weighting.mode != "dmd":
-        module, _, attr = config.reward.factory.partition(":")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        reward = obj(**config.reward.kwargs)
+        reward = resolve_factory(config.reward.factory)(**config.reward.kwargs)
         if isinstance(reward, torch.nn.Module):
             reward = reward.to(device).eval().requires_grad_(False)
     return Trainer(config, generator=generator, teacher=teacher, critic=critic, text_encoder=ToyTextEncoder(device),
