@@ -41,7 +41,7 @@ else
 $(STAMP): $(VENV)/bin/python $(SOURCES)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy "scikit-build-core>=0.10" "cmake>=3.26" ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,cupy,serve]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,cupy,serve,train]"
 	@touch $@
 endif
 

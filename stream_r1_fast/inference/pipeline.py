@@ -1,7 +1,7 @@
 """Streaming text-to-video generation: chunks of latent frames denoised against a bounded KV
 cache, decoded and handed out as they are made, for as long as the caller keeps iterating.
 
->>> pipe = StreamingPipeline.from_pretrained("Wan2.1-T2V-1.3B-Diffusers", checkpoint="rf.pt")
+>>> pipe = StreamingPipeline.from_pretrained("Wan2.1-T2V-1.3B", checkpoint="rf.pt")  # or the -Diffusers folder
 >>> for chunk in pipe.stream("a red fox runs through snow", num_chunks=7, seed=0):
 ...     show(chunk.frames)          # uint8 [B, T, H, W, 3], 9 frames then 12 per chunk
 
@@ -25,6 +25,71 @@ from stream_r1_fast.inference.text import PromptEncoder, as_prompt_list
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames
 from stream_r1_fast.models.loading import load_transformer
 from stream_r1_fast.models.wan import CausalWanTransformer
+
+
+_DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "half": torch.float16, "fp32": torch.float32,
+                "float": torch.float32}
+
+
+def _as_dtype(value) -> torch.dtype | None:
+    """A floating-point torch dtype from a dtype or its name ('bfloat16', 'torch.float16', 'bf16'), or None."""
+    if isinstance(value, torch.dtype):
+        return value if value.is_floating_point else None
+    if isinstance(value, str):
+        name = value.strip().lower().removeprefix("torch.")
+        dt = _DTYPE_NAMES.get(name) or getattr(torch, name, None)
+        return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else None
+    return None
+
+
+def resolve_dtype(dtype, torch_dtype, name: str = "dtype", default: torch.dtype | None = torch.bfloat16):
+    """``dtype`` / ``torch_dtype`` (diffusers' name) -> a floating-point torch dtype; giving both
+    with different values, or anything else than a float dtype, is a ValueError naming it."""
+    for value, arg in ((dtype, name), (torch_dtype, "torch_dtype")):
+        if value is not None and _as_dtype(value) is None:
+            raise ValueError(f"{arg}={value!r}: not a floating-point torch dtype "
+                             "(torch.bfloat16, torch.float16, torch.float32, or their names)")
+    if dtype is not None and torch_dtype is not None and _as_dtype(dtype) != _as_dtype(torch_dtype):
+        raise ValueError(f"{name}={dtype!r} and torch_dtype={torch_dtype!r} disagree: give one of them")
+    value = dtype if dtype is not None else torch_dtype
+    return default if value is None else _as_dtype(value)
+
+
+def resolve_device(device) -> torch.device:
+    """``device`` -> a torch.device that is present here (None: cuda if available, else cpu);
+    a name torch does not know, or a device this machine does not have, is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
+        raise ValueError(f"device={device!r}: expected a device name ('cpu', 'cuda', 'cuda:1') or a torch.device")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device={device!r}: not a device name ('cpu', 'cuda', 'cuda:1', 'mps')") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: no CUDA device here (torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: no MPS device here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r}: only cpu, cuda[:N] and mps are supported")
+    return dev
+
+
+def _check_lora_path(lora) -> None:
+    p = Path(lora)
+    where = f"lora={str(lora)!r}"
+    if not p.exists():
+        raise FileNotFoundError(f"{where}: no such LoRA file or folder")
+    if p.is_dir():
+        if not (p / "adapter_config.json").is_file() or not any(
+            (p / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")
+        ):
+            raise FileNotFoundError(f"{where}: a peft adapter folder needs adapter_config.json and adapter_model.safetensors")
+    elif p.suffix not in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+        raise ValueError(f"{where}: unknown LoRA type (expected a peft adapter folder, .safetensors, .pt or .pth)")
 
 
 @dataclasses.dataclass
@@ -117,10 +182,7 @@ class StreamingPipeline:
         compile_step: bool = False,
         compile_options: dict | None = None,
     ):
-        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
-        if compile_options is not None and not compile_step:
-            raise ValueError("compile_options are given but compile_step is False")
+        self._check_options(chunk_frames=chunk_frames, compile_step=compile_step, compile_options=compile_options)
         self.transformer = transformer.eval()
         self.vae = vae.eval() if vae is not None else None
         self.prompt_encoder = prompt_encoder
@@ -132,36 +194,164 @@ class StreamingPipeline:
                                             **(compile_options or {}))
 
     @classmethod
+    def _check_options(cls, **options) -> None:
+        """The keyword arguments of ``__init__`` after the models, checked (from_pretrained
+        calls this before it loads anything)."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        known = [n for n in params if n not in ("self", "transformer", "vae", "prompt_encoder")]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        chunk_frames = options.get("chunk_frames", params["chunk_frames"].default)
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+        if options.get("compile_options") is not None and not options.get("compile_step", False):
+            raise ValueError("compile_options are given but compile_step is False")
+        sampler = options.get("sampler")
+        if sampler is not None and not isinstance(sampler, FlowMatchSampler):
+            raise TypeError(f"sampler must be a FlowMatchSampler, got {type(sampler).__name__}")
+
+    @classmethod
     def from_pretrained(
         cls,
         path: str | Path,
         *,
         checkpoint: str | Path | None = None,
         which: str = "auto",
-        dtype: torch.dtype = torch.bfloat16,
+        lora: str | Path | None = None,
+        lora_alpha: float | None = None,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
-        text_encoder_dtype: torch.dtype | None = None,
+        text_encoder_dtype: torch.dtype | str | None = None,
+        offload_text_encoder: bool = False,
         **kwargs,
     ) -> "StreamingPipeline":
-        """From a diffusers Wan model folder (``transformer/``, ``vae/``, ``text_encoder/``,
-        ``tokenizer/``); ``checkpoint`` replaces the transformer's weights (a Self-Forcing /
-        Reward Forcing ``.pt``, an original-layout file or another diffusers folder). The VAE
-        runs in float32 unless dtype is float32 anyway; the text encoder in ``dtype``."""
-        from diffusers import AutoencoderKLWan
+        """From a Wan model folder in either layout: diffusers' (``transformer/``, ``vae/``,
+        ``text_encoder/``, ``tokenizer/``) or the original one Wan-AI publishes
+        (``config.json`` + ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``,
+        ``models_t5_umt5-xxl-enc-bf16.pth``, ``google/umt5-xxl/``), converted on load.
 
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model folder {path} does not exist")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if not (path / "transformer" / "config.json").is_file():
-            raise FileNotFoundError(f"{path / 'transformer' / 'config.json'} does not exist (not a diffusers Wan folder?)")
-        config = dict(CausalWanTransformer.load_config(str(path / "transformer")))
-        transformer = load_transformer(checkpoint or path, config, which=which, dtype=dtype, device=device)
-        if not (path / "vae").is_dir():
-            raise FileNotFoundError(f"{path / 'vae'} does not exist")
-        vae = AutoencoderKLWan.from_pretrained(str(path / "vae"), torch_dtype=torch.float32).to(device)
-        encoder = PromptEncoder.from_pretrained(path, dtype=text_encoder_dtype or dtype, device=device)
+        checkpoint: replaces the transformer's weights (a Self-Forcing / Reward Forcing /
+            LongLive ``.pt`` with ``generator[_ema]``, an original-layout file, a diffusers folder).
+        lora: a LoRA adapter merged into the transformer (a peft adapter folder, or a LongLive
+            ``.pt`` with ``generator_lora``); ``lora_alpha`` when the file does not say (default:
+            the rank, LongLive's scale 1). The merge runs in float32, then casts to ``dtype``.
+        dtype / torch_dtype (the diffusers name; give one): the transformer's dtype (bfloat16);
+            a torch dtype or its name. The VAE runs in float32; the text encoder in
+            ``text_encoder_dtype`` or else ``dtype``.
+        device: where to run (default: cuda if available, else cpu).
+        offload_text_encoder: keep the UMT5 encoder on the CPU; it visits ``device`` only to
+            encode new prompts (its weights' bytes of device memory saved; see
+            :meth:`PromptEncoder.enable_offload`).
+        kwargs: :class:`StreamingPipeline` options (sampler, chunk_frames, compile_step...).
+
+        Every argument, path and file layout is checked before any weight is read: a bad one
+        raises (ValueError / TypeError / FileNotFoundError, naming the argument and the path).
+        Third-party warnings and progress bars are silenced while loading
+        (``STREAM_R1_FAST_VERBOSE=1`` keeps them).
+        """
+        from stream_r1_fast.models.loading import (
+            check_checkpoint_path,
+            find_wan_folder,
+            load_vae,
+            merge_lora,
+            quiet_loading,
+        )
+
+        # -- everything that can be checked without the weights
+        cls._check_options(**kwargs)
+        dtype = resolve_dtype(dtype, torch_dtype)
+        enc_dtype = resolve_dtype(text_encoder_dtype, None, "text_encoder_dtype", default=dtype)
+        device = resolve_device(device)
+        if not isinstance(offload_text_encoder, bool):
+            raise TypeError(f"offload_text_encoder must be True or False, got {offload_text_encoder!r}")
+        if which not in ("auto", "generator", "generator_ema"):
+            raise ValueError(f"which must be 'auto', 'generator' or 'generator_ema', got {which!r}")
+        folder = find_wan_folder(path, "path", transformer_weights=checkpoint is None)
+        if checkpoint is not None:
+            check_checkpoint_path(checkpoint, "checkpoint")
+        if lora is not None:
+            _check_lora_path(lora)
+        if lora_alpha is not None and (isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or lora_alpha <= 0):
+            raise ValueError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
+        config = folder.transformer_config()
+        cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+        try:
+            with torch.device("meta"):
+                CausalWanTransformer.from_config(cfg)
+        except Exception as exc:  # a config that cannot build the model is the folder's fault
+            raise ValueError(f"path={str(path)!r}: {folder.transformer / 'config.json'} does not describe a "
+                             f"Wan transformer: {exc}") from None
+
+        # -- the weights
+        with quiet_loading():
+            load_dtype = torch.float32 if lora is not None else dtype
+            transformer = load_transformer(checkpoint or folder.transformer, config, which=which,
+                                           dtype=load_dtype, device=device)
+            if lora is not None:
+                transformer = merge_lora(transformer, lora, alpha=lora_alpha).to(dtype)
+            vae = load_vae(folder.vae, dtype=torch.float32, device=device)
+            encoder = PromptEncoder.from_parts(folder.tokenizer, folder.text_encoder, dtype=enc_dtype, device=device,
+                                               offload=offload_text_encoder)
         return cls(transformer, vae, encoder, **kwargs)
+
+    # ------------------------------------------------------------------ placement
+
+    def to(self, *args, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> "StreamingPipeline":
+        """Move the pipeline, as ``pipe.to("cuda")``, ``pipe.to(torch.float16)``,
+        ``pipe.to("cuda", torch.bfloat16)`` or by keyword. ``dtype`` casts the transformer and
+        the text encoder; the VAE stays in float32 (as :meth:`from_pretrained` loads it). An
+        offloaded text encoder stays on the CPU and encodes on the new device. Returns self."""
+        for a in args:
+            if isinstance(a, (torch.dtype, str)) and _as_dtype(a) is not None:
+                dtype = a if dtype is None else dtype
+            elif isinstance(a, (str, torch.device)):
+                device = a if device is None else device
+            else:
+                raise TypeError(f"to() takes a device and/or a dtype, got {a!r}")
+        from stream_r1_fast.models.loading import quiet_loading
+
+        dtype = resolve_dtype(dtype, None, default=None)
+        device = resolve_device(device) if device is not None else None
+        with quiet_loading():
+            self.transformer.to(device=device, dtype=dtype)
+            if self.vae is not None and device is not None:
+                self.vae.to(device)
+        enc = self.prompt_encoder
+        if enc is not None:
+            if callable(getattr(enc, "to", None)):
+                enc.to(device=device, dtype=dtype)
+            elif device is not None and hasattr(enc, "device"):
+                enc.device = device
+        return self
+
+    def enable_text_encoder_offload(self) -> None:
+        """Keep the text encoder on the CPU between prompt switches (see
+        :meth:`PromptEncoder.enable_offload`)."""
+        self._offloadable_encoder().enable_offload(self.device)
+
+    def disable_text_encoder_offload(self) -> None:
+        self._offloadable_encoder().disable_offload()
+
+    def _offloadable_encoder(self) -> PromptEncoder:
+        if not isinstance(self.prompt_encoder, PromptEncoder):
+            raise RuntimeError(f"text-encoder offload needs a PromptEncoder, this pipeline has {type(self.prompt_encoder).__name__}")
+        return self.prompt_encoder
+
+    def device_memory_bytes(self) -> dict[str, int]:
+        """Bytes of parameters and buffers each part keeps on the pipeline's device."""
+        dev = self.device
+        parts = {"transformer": self.transformer, "vae": self.vae,
+                 "text_encoder": getattr(self.prompt_encoder, "text_encoder", None)}
+        out = {}
+        for name, module in parts.items():
+            if isinstance(module, torch.nn.Module):
+                tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()
+                out[name] = sum(t.numel() * t.element_size() for t in tensors if t.device == dev)
+        return out
 
     # ------------------------------------------------------------------ sizes
 
