@@ -14,11 +14,11 @@ import yaml
 
 from stream_r1_fast.cli import main
 from stream_r1_fast.training import checkpoint as ckpt
-from stream_r1_fast.training.config import ConfigError, TrainConfig
+from stream_r1_fast.training.config import PACKAGED_CONFIGS, ConfigError, TrainConfig
 from stream_r1_fast.training.trainer import TrainingDiverged
 from training_helpers import tiny_config, tiny_trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = PACKAGED_CONFIGS  # stream_r1_fast/configs (configs/ in the clone links there)
 
 
 @pytest.mark.parametrize("section, key, value", [
@@ -107,6 +107,26 @@ def test_cli_config_errors_are_one_line_with_status_2(tmp_path, capsys):
     cfg = _smoke_yaml(tmp_path, model__dir=str(_empty_wan_dir(tmp_path)), data__prompts=str(tmp_path / "none.txt"))
     assert "'data.prompts'" in _train_error(capsys, ["train", "--config", str(cfg)])
     assert "does not exist" in _train_error(capsys, ["train", "--config", str(tmp_path / "missing.yaml")])
+
+
+def test_cli_prompt_file_errors_name_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "a fox"}\n{"prompt": "a cat", "seed": -1}\n')
+    cfg = _smoke_yaml(tmp_path, model__dir=str(_empty_wan_dir(tmp_path)), data__prompts=str(bad))
+    err = _train_error(capsys, ["train", "--config", str(cfg)])
+    assert f"'data.prompts': {bad}:2: 'seed' must be an int >= 0" in err
+    bad.write_text("")
+    assert "holds no prompts" in _train_error(capsys, ["train", "--config", str(cfg)])
+
+
+def test_cli_overrides_go_through_the_same_checks(tmp_path, capsys):
+    cfg = str(_smoke_yaml(tmp_path))
+    assert "'optim.lr_generator' must be a finite number" in _train_error(
+        capsys, ["train", "--config", cfg, "optim.lr_generator=.inf"])
+    err = _train_error(capsys, ["train", "--config", cfg, "train.keep_last=-1"])
+    assert "'train.keep_last' must be >= 0" in err
+    err = _train_error(capsys, ["train", "--config", cfg, "--steps", "2", "weighting.mode=stream_r1"])
+    assert "'reward.factory' is needed for weighting.mode 'stream_r1'" in err
 
 
 def test_cli_checks_the_reward_factory_before_loading_models(tmp_path, capsys):

@@ -16,7 +16,8 @@ from stream_r1_fast.training.rollout import self_forcing_rollout
 from tiny_wan import tiny_transformer
 from training_helpers import FixedTextEncoder, tiny_config, tiny_trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from stream_r1_fast.training.config import PACKAGED_CONFIGS
+CONFIGS = PACKAGED_CONFIGS  # stream_r1_fast/configs (configs/ in the clone links there)
 
 
 def test_rollout_at_last_exit_step_equals_inference():
@@ -133,7 +134,9 @@ def test_config_errors_name_the_key(tmp_path):
         TrainConfig.from_dict({"trian": {}})
 
 
-@pytest.mark.parametrize("name", ["tiny_wan_smoke.yaml", "wan2.1_1.3b_stream_r1.yaml"])
+@pytest.mark.parametrize("name", ["tiny_wan_smoke.yaml", "wan2.1_1.3b_stream_r1.yaml", "toy_dmd.yaml",
+                                  "toy_re_dmd.yaml", "toy_stream_r1.yaml", "toy_stream_r1_inter.yaml",
+                                  "toy_stream_r1_intra.yaml"])
 def test_shipped_configs_parse(name):
     cfg = TrainConfig.from_yaml(CONFIGS / name)
     if name.startswith("wan"):

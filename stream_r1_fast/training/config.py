@@ -2,13 +2,35 @@
 
 Sections: ``model``, ``reward``, ``data``, ``rollout``, ``dmd``, ``optim``, ``weighting``
 (:class:`~stream_r1_fast.training.weighting.WeightingConfig`), ``train``. Defaults are the
-papers' Wan2.1-1.3B recipe (docs/method.md); ``configs/`` holds complete files.
+papers' Wan2.1-1.3B recipe (docs/method.md); the package ships complete recipes
+(``stream_r1_fast/configs/*.yaml``, also reachable as ``configs/`` in a clone), addressable by
+name: :func:`resolve_config_path` (``toy_stream_r1`` -> the packaged file), :func:`packaged_configs`.
+
+Overrides (``stream-r1 train --config cfg.yaml optim.lr_generator=1e-5 train.steps=10``):
+:func:`apply_overrides` sets dotted keys on the *raw* mapping read from the YAML file, so the
+one schema (:meth:`TrainConfig.from_dict`, the dataclasses and :func:`validate`) checks file
+and overrides alike and every error names the key. Values are YAML scalars, lists or mappings
+(``rollout.steps=[1000,500]``, ``train.device=null``); a string field takes the text as given
+when YAML would read it as something else (``train.output_dir=2024-01-01``). This is a
+small parser on top of ``yaml.safe_load`` rather than OmegaConf: OmegaConf's dotlist merge
+would add a dependency and a second type system (its structured configs raise their own
+errors, which do not list the valid keys), while the only thing it would save here is the
+``a.b.c=value`` split. PyYAML reads ``1e-5`` (no dot) as a string; the loader used here
+(:func:`yaml_load`) reads it as a float, as YAML 1.2 does.
+
+Before any weights load, :func:`preflight` checks what the config names outside itself (every
+path, the prompt file's contents, the reward folder, the output folder, the sizes); prompt
+files are read by :func:`read_prompt_file` (``.txt``: one per line; ``.jsonl``: one JSON
+object per line).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import re
 import typing
 from pathlib import Path
 
@@ -27,6 +49,10 @@ CRITIC_SAMPLES = ("fresh", "reuse")
 
 class ConfigError(ValueError):
     """A bad configuration; the message names the key (``section.key``)."""
+
+
+class ConfigWarning(UserWarning):
+    """A run whose config differs from the one saved in its output folder (a resume)."""
 
 
 @dataclasses.dataclass
@@ -58,8 +84,9 @@ class RewardConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """prompts: a list of prompts, a text file with one prompt per line, or ``toy-world:N``
-    (the captions of N random toy-world clips, seed 0)."""
+    """prompts: a list of prompts, a prompt file (:func:`read_prompt_file`: ``.txt``, one
+    prompt per line; ``.jsonl``, ``{"prompt": ..., "extended_prompt"?: ..., "seed"?: int}`` per
+    line), or ``toy-world:N`` (the captions of N random toy-world clips, seed 0)."""
 
     prompts: list | str = dataclasses.field(default_factory=lambda: ["a red circle moves left"])
     negative_prompt: str = WAN_NEGATIVE_PROMPT
@@ -130,6 +157,11 @@ class RunConfig:
     # Resume even when this rank's RNG file is missing from the checkpoint (the run then
     # differs from an uninterrupted one); without it such a checkpoint is skipped.
     resume_inexact: bool = False
+    # Checkpoints kept (the newest N; 0 = all). The newest one that verifies is never
+    # deleted, and older ones only once the new checkpoint is complete.
+    keep_last: int = 3
+    # A sample video of the EMA generator (first prompt) to TensorBoard every N steps; 0 = off.
+    sample_every: int = 0
 
 
 @dataclasses.dataclass
@@ -151,27 +183,28 @@ class TrainConfig:
         return _build(cls, data or {}, "")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-            problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-            raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not a UTF-8 text file ({exc})") from None
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        return cls.from_dict(data or {})
+    def from_yaml(cls, path: str | Path, overrides: typing.Sequence = ()) -> "TrainConfig":
+        """Read ``path`` (a YAML file, or the name of a packaged recipe: see
+        :func:`resolve_config_path`), apply ``overrides`` (``"key=value"`` strings or
+        ``(key, value)`` pairs: :func:`apply_overrides`), then validate."""
+        data = read_yaml_config(path)
+        return cls.from_dict(apply_overrides(data, overrides))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML; :meth:`from_yaml` reads it back to an equal config."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def prompt_entries(self) -> list["PromptEntry"]:
+        """The prompts as :class:`PromptEntry` (a file's carry their line and seed)."""
+        p = self.data.prompts
+        if isinstance(p, str) and not p.startswith("toy-world:"):
+            return read_prompt_file(p)
+        return [PromptEntry(text) for text in self.prompt_list()]
 
     def prompt_list(self) -> list[str]:
         p = self.data.prompts
@@ -183,11 +216,262 @@ class TrainConfig:
 
             return toy_captions(int(count))
         if isinstance(p, str):
-            lines = [line.strip() for line in Path(p).read_text().splitlines()]
-            p = [line for line in lines if line and not line.startswith("#")]
+            return [e.text for e in read_prompt_file(p)]
         if not p:
             raise ConfigError("data.prompts holds no prompts")
         return list(p)
+
+
+# ---------------------------------------------------------------------- reading YAML
+
+
+def _yaml_loader():
+    """yaml.SafeLoader that also reads ``1e-5`` / ``3E+2`` (no dot) as floats, as YAML 1.2 does."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
+def yaml_load(text: str):
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def packaged_configs() -> dict[str, Path]:
+    """``{name: path}`` of the recipes shipped in the package (``stream_r1_fast/configs``)."""
+    if not PACKAGED_CONFIGS.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(PACKAGED_CONFIGS.glob("*.yaml"))}
+
+
+def describe_config(path: Path) -> str:
+    """The first comment line of a recipe (its one-line description), or ''."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().rstrip(":")
+            return text.split(". ")[0].rstrip(".")
+        if line.strip():
+            break
+    return ""
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """``spec`` -> the YAML file: an existing path as it is; a bare name (no ``.yaml`` / ``.yml``
+    suffix, no folder) that is not a path -> the packaged recipe of that name. FileNotFoundError
+    (saying which names exist) otherwise."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    name = str(spec)
+    packaged = packaged_configs()
+    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        if name in packaged:
+            return packaged[name]
+        raise FileNotFoundError(f"config file {name} does not exist, and {name!r} is not a packaged recipe "
+                                f"(packaged: {', '.join(packaged) or 'none'}; stream-r1 train --list-configs)")
+    raise FileNotFoundError(f"config file {path} does not exist")
+
+
+def read_yaml_config(spec: str | Path) -> dict:
+    """The raw mapping of a config file (or packaged recipe name); ConfigError names the file
+    (and line) of a YAML error."""
+    import yaml
+
+    path = resolve_config_path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist (it is a folder)")
+    try:
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data or {}
+
+
+# ---------------------------------------------------------------------- key=value overrides
+
+
+def _field_hint(path: list[str]):
+    """The type hint of dotted ``path`` in the schema, None past a dataclass (inside a dict
+    field such as ``reward.kwargs``); ConfigError naming the key (and listing the valid keys)
+    for a key the schema does not have."""
+    cls = TrainConfig
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            prefix = ".".join(path[:i])
+            valid = sorted(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"unknown config key '{prefix + '.' if prefix else ''}{part}'; valid keys: {valid}")
+        cls = hints[part]
+    return cls
+
+
+def parse_override(item) -> tuple[str, object]:
+    """``"a.b=value"`` -> ``("a.b", value)``: the value read as YAML (scalars, ``[lists]``,
+    ``{mappings}``, ``null``); a ``(key, value)`` pair passes through."""
+    import yaml
+
+    if isinstance(item, tuple):
+        return item
+    key, sep, text = str(item).partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} must be KEY=VALUE with a dotted key, e.g. optim.lr_generator=1e-5")
+    hint = _field_hint(key.split("."))
+    try:
+        value = yaml_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = _Unparsed(text)
+    if hint is not None and not dataclasses.is_dataclass(hint) and _takes_str(hint):
+        # A string field takes the text as written when YAML reads it as another type
+        # (``train.output_dir=2024-01-01``, ``data.negative_prompt=a: b``), but ``null`` stays None.
+        ok = isinstance(value, str) or (value is None and type(None) in (typing.get_args(hint) or (hint,)))
+        if not ok:
+            try:
+                _check_type(value, hint, key)
+            except ConfigError:
+                value = text
+    if isinstance(value, _Unparsed):
+        raise ConfigError(f"override {item!r}: the value is not valid YAML")
+    return key, value
+
+
+class _Unparsed(str):
+    pass
+
+
+def _takes_str(hint) -> bool:
+    return hint is str or str in typing.get_args(hint)
+
+
+def apply_overrides(data: dict, overrides: typing.Sequence) -> dict:
+    """A copy of the raw config mapping ``data`` with each override set (later ones win):
+    ``"section.key=value"`` or ``("section.key", value)``; deeper keys go into dict fields
+    (``reward.kwargs.path=/data/reward``). The result is validated by :meth:`TrainConfig.from_dict`
+    like a file; an unknown key raises ConfigError at once, listing the valid keys."""
+    import copy
+
+    data = copy.deepcopy(data or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        _field_hint(parts)  # unknown keys: the schema's error, for pairs too
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}={value!r}: config key '{'.'.join(parts[:i + 1])}' is a value, "
+                                  "not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``[(dotted key, old value, new value)]`` of the leaves that differ between two config
+    mappings (a key missing on one side counts as ``<absent>``)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, name + ".")
+        elif a != b:
+            out.append((name, a, b))
+    return out
+
+
+# ---------------------------------------------------------------------- prompt files
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptEntry:
+    """One training prompt. ``text``: what the model is conditioned on (a ``.jsonl`` line's
+    ``extended_prompt`` when it has one, else its ``prompt``); ``seed``: the line's ``seed``
+    (the noise seed of the sample videos when it is the first prompt); ``where``: ``file:line``."""
+
+    text: str
+    prompt: str | None = None
+    seed: int | None = None
+    where: str = ""
+
+
+def read_prompt_file(path: str | Path, key: str = "data.prompts") -> list[PromptEntry]:
+    """Every prompt of a prompt file, checked; ConfigError naming ``key``, the file and the line.
+
+    ``.txt`` (or any suffix but ``.jsonl``): one prompt per line; blank lines and lines starting
+    with ``#`` are skipped. ``.jsonl``: one JSON object per (non-blank) line,
+    ``{"prompt": str, "extended_prompt"?: str, "seed"?: int >= 0}`` (other fields are ignored);
+    with ``extended_prompt`` that text is the one trained on (Self-Forcing and LongLive ship
+    extended prompts). ``.json`` is refused (write one object per line as ``.jsonl``)."""
+    path = Path(path)
+    head = f"config key {key!r}"
+    if not path.exists():
+        raise ConfigError(f"{head}: no such prompt file {str(path)!r}")
+    if not path.is_file():
+        raise ConfigError(f"{head}: {str(path)!r} is a folder, not a prompt file (.txt or .jsonl)")
+    if path.suffix.lower() == ".json":
+        raise ConfigError(f"{head}: {path}: a .json prompt file is not read; use .jsonl (one "
+                          '{"prompt": ...} object per line) or .txt (one prompt per line)')
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{head}: {path}:{line}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{head}: cannot read {path} ({exc.strerror or exc})") from None
+    entries = []
+    if path.suffix.lower() == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ConfigError(f"{head}: {where}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+            if not isinstance(obj, dict):
+                raise ConfigError(f'{head}: {where}: expected a JSON object {{"prompt": ...}}, '
+                                  f"got {type(obj).__name__}")
+            prompt, ext, seed = obj.get("prompt"), obj.get("extended_prompt"), obj.get("seed")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError(f"{head}: {where}: 'prompt' must be a non-empty string, got {prompt!r}")
+            if ext is not None and (not isinstance(ext, str) or not ext.strip()):
+                raise ConfigError(f"{head}: {where}: 'extended_prompt' must be a non-empty string when given, "
+                                  f"got {ext!r}")
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+                raise ConfigError(f"{head}: {where}: 'seed' must be an int >= 0 when given, got {seed!r}")
+            entries.append(PromptEntry((ext or prompt).strip(), prompt.strip(), seed, where))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entries.append(PromptEntry(line, line, None, f"{path}:{n}"))
+    if not entries:
+        raise ConfigError(f"{head}: {path} holds no prompts")
+    return entries
 
 
 def _build(cls, data, prefix: str):
@@ -244,6 +528,8 @@ def validate(cfg: TrainConfig) -> None:
 
     _check_numbers(cfg)  # every number finite, list entries numbers: before the range checks
     r, o, d, t = cfg.rollout, cfg.optim, cfg.dmd, cfg.train
+    need(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0 keeps every checkpoint)", t.keep_last)
+    need(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0: no sample videos)", t.sample_every)
     for key, v in (("rollout.num_chunks", r.num_chunks), ("rollout.chunk_frames", r.chunk_frames),
                    ("optim.generator_every", o.generator_every), ("optim.grad_accum", o.grad_accum),
                    ("optim.batch_size", o.batch_size), ("train.save_every", t.save_every),
@@ -288,6 +574,9 @@ def validate(cfg: TrainConfig) -> None:
     p = cfg.data.prompts
     need(bool(p.strip()) if isinstance(p, str) else all(isinstance(x, str) for x in p), "data.prompts",
          "must be a list of strings, a prompt file or 'toy-world:N'", p)
+    if isinstance(p, list):
+        empty = [i for i, x in enumerate(p) if not x.strip()]
+        need(not empty, f"data.prompts[{empty[0] if empty else 0}]", "must not be empty", p[empty[0]] if empty else "")
     if t.device is not None:
         import torch
 
@@ -343,10 +632,25 @@ def resolve_factory(spec: str):
     return obj
 
 
+_REWARD_FOLDER_FILES = ("reward_config.json", "model_config.json")  # merged layout; VideoAlign's release
+
+
 def preflight(cfg: TrainConfig) -> None:
-    """What the config names outside itself, checked before any model loads (ConfigError naming
-    the key): ``model.dir`` is a Wan folder (or ``toy``), the ``model.student / teacher /
-    critic`` paths exist, a prompt file exists, ``reward.factory`` imports."""
+    """Everything the config names outside itself, checked before any model loads (in well
+    under a second: nothing is loaded but small JSON files and the prompt file). Raises
+    ConfigError naming the key and the path:
+
+    * ``model.dir``: a diffusers Wan folder (transformer/, vae/, text_encoder/, tokenizer/) or
+      ``toy``; ``model.student / teacher / critic``: existing files or folders (or presets);
+    * ``data.prompts``: a prompt file is read and every line checked (:func:`read_prompt_file`),
+      ``toy-world:N`` has a count, a list is not empty;
+    * ``reward.factory`` imports and is callable; ``reward.kwargs.path`` exists and, for the
+      VideoReward loaders, holds ``reward_config.json`` (the merged layout) or
+      ``model_config.json`` (VideoAlign's release); ``reward.kwargs.base_model`` /
+      ``prompt_template_file`` exist;
+    * ``train.output_dir`` is (or can be made) a writable folder;
+    * sizes: ``rollout.height`` / ``width`` are multiples of the VAE's downsampling x the patch
+      (read from ``model.dir``'s vae/ and transformer/ ``config.json``)."""
     m = cfg.model
     if m.dir is None:
         raise ConfigError("config key 'model.dir' must name a diffusers Wan folder (transformer/, vae/, "
@@ -355,7 +659,8 @@ def preflight(cfg: TrainConfig) -> None:
         root = Path(m.dir)
         if not root.is_dir():
             raise ConfigError(f"config key 'model.dir': no such folder {m.dir!r} (expected a diffusers Wan folder "
-                              "with transformer/, vae/, text_encoder/, tokenizer/)")
+                              "with transformer/, vae/, text_encoder/, tokenizer/; set it in the config or as "
+                              "model.dir=PATH on the command line)")
         missing = [f"{sub}/" for sub in _WAN_FOLDERS if not (root / sub).is_dir()]
         if missing:
             raise ConfigError(f"config key 'model.dir': {m.dir!r} has no {', '.join(missing)} (a diffusers Wan "
@@ -367,7 +672,103 @@ def preflight(cfg: TrainConfig) -> None:
         if not Path(spec).exists():
             raise ConfigError(f"config key 'model.{key}': no such file or folder {spec!r}")
     p = cfg.data.prompts
-    if isinstance(p, str) and not p.startswith("toy-world:") and not Path(p).is_file():
-        raise ConfigError(f"config key 'data.prompts': no such prompt file {p!r}")
-    if cfg.reward.factory is not None:
-        resolve_factory(cfg.reward.factory)
+    if isinstance(p, str) and p.startswith("toy-world:"):
+        count = p.partition(":")[2]
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"config key 'data.prompts' {p!r}: 'toy-world:N' needs a positive count N")
+    elif isinstance(p, str):
+        read_prompt_file(p)
+    elif not p:
+        raise ConfigError("config key 'data.prompts' holds no prompts")
+    _preflight_reward(cfg.reward)
+    _preflight_output(cfg.train.output_dir)
+    _preflight_device(cfg.train.device)
+    if m.dir != "toy":
+        _preflight_sizes(cfg, Path(m.dir))
+
+
+def _preflight_device(device: str | None) -> None:
+    """``train.device`` names a device this machine has (None: CUDA if present, else the CPU)."""
+    if device is None:
+        return
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"config key 'train.device' is {device!r}, but no CUDA device is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"config key 'train.device' is {device!r}, but there are only "
+                              f"{torch.cuda.device_count()} CUDA devices")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"config key 'train.device' is {device!r}, but MPS is not available here")
+
+
+def _preflight_reward(r: RewardConfig) -> None:
+    if r.factory is None:
+        return
+    resolve_factory(r.factory)
+    kw = r.kwargs
+    for name, kind in (("path", None), ("base_model", "folder"), ("prompt_template_file", "file")):
+        if name not in kw or kw[name] is None:
+            continue
+        value = kw[name]
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise ConfigError(f"config key 'reward.kwargs.{name}' must be a path, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise ConfigError(f"config key 'reward.kwargs.{name}': no such {kind or 'file or folder'} {str(value)!r}")
+        if kind == "folder" and not path.is_dir() or kind == "file" and not path.is_file():
+            raise ConfigError(f"config key 'reward.kwargs.{name}': {str(value)!r} is not a {kind}")
+        if name == "path" and r.factory.partition(":")[0].startswith("stream_r1_fast.rewards."):
+            if not path.is_dir():
+                raise ConfigError(f"config key 'reward.kwargs.path': {str(value)!r} is not a folder (a VideoReward "
+                                  "folder holds reward_config.json, or VideoAlign's release model_config.json)")
+            if not any((path / f).is_file() for f in _REWARD_FOLDER_FILES):
+                raise ConfigError(f"config key 'reward.kwargs.path': {str(value)!r} is not a VideoReward folder: "
+                                  "it has neither reward_config.json (the merged layout) nor model_config.json "
+                                  "(VideoAlign's release; README, 'The reward model')")
+
+
+def _preflight_output(output_dir: str) -> None:
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"config key 'train.output_dir': {output_dir!r} is a file, not a folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"config key 'train.output_dir': {output_dir!r} cannot be created ({str(probe)!r} is a "
+                          "file, not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"config key 'train.output_dir': {output_dir!r} is not writable (no write permission on "
+                          f"{str(probe)!r})")
+
+
+def _read_small_json(path: Path, key: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config key {key!r}: {str(path)!r} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config key {key!r}: {str(path)!r} is not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {key!r}: {str(path)!r} does not hold a JSON object")
+    return data
+
+
+def _preflight_sizes(cfg: TrainConfig, root: Path) -> None:
+    """rollout.height / width against the VAE's spatial factor x the transformer's patch."""
+    vae = _read_small_json(root / "vae" / "config.json", "model.dir")
+    transformer = _read_small_json(root / "transformer" / "config.json", "model.dir")
+    dim_mult = vae.get("dim_mult")
+    patch = transformer.get("patch_size")
+    if not isinstance(dim_mult, list) or not dim_mult:
+        return  # not a Wan VAE config this check knows; the loader reports it
+    spatial = 2 ** (len(dim_mult) - 1)
+    step = spatial * (patch[1] if isinstance(patch, list) and len(patch) == 3 and isinstance(patch[1], int) else 2)
+    r = cfg.rollout
+    for key, v in (("rollout.height", r.height), ("rollout.width", r.width)):
+        if v % step:
+            raise ConfigError(f"config key {key!r} must be a multiple of {step} pixels (the VAE's {spatial}x "
+                              f"downsampling x the patch, from {root}), got {v}")

@@ -28,13 +28,20 @@ import torch.distributed as dist
 from stream_r1_fast.inference.sampler import FlowMatchSampler, randn
 from stream_r1_fast.inference.vae import StreamingVAEDecoder
 from stream_r1_fast.training import checkpoint as ckpt
-from stream_r1_fast.training.config import TrainConfig, preflight
+from stream_r1_fast.training.config import (ConfigWarning, TrainConfig, config_diff, preflight, resolve_factory,
+                                            yaml_load)
 from stream_r1_fast.training.dmd import critic_loss, dmd_gradient, dmd_loss, sample_timesteps
 from stream_r1_fast.training.rollout import draw_exit_step, self_forcing_rollout, training_cache_policy
 from stream_r1_fast.training.weighting import Weighting
 
 CSV_COLUMNS = ("step", "exit_step", "critic_loss", "generator_loss", "grad_norm_critic", "grad_norm_generator",
-               "reward_VQ", "reward_MQ", "reward_TA", "w_inter", "balance_penalty", "seconds")
+               "reward_VQ", "reward_MQ", "reward_TA", "w_inter", "balance_penalty", "seconds",
+               "lr_generator", "lr_critic")
+# train.* keys that steer the run but not what it computes: a resume that changes them (more
+# steps, another device, other logging) is not reported as a different config.
+RUN_CONTROL_KEYS = frozenset(f"train.{k}" for k in ("steps", "output_dir", "save_every", "log_every", "device",
+                                                    "progress", "resume_inexact", "keep_last", "sample_every"))
+SAMPLE_FPS = 16  # Wan2.1's frame rate, for the TensorBoard sample videos
 
 
 def _distributed() -> bool:
@@ -146,6 +153,15 @@ class Trainer:
         self.output_dir = Path(cfg.train.output_dir)
         self._csv = None
         self._tb = None
+        self._last_gen: tuple[int, float] | None = None  # (step, generator_loss) of the last generator update
+        self.last_postfix: dict[str, str] = {}
+        self._verified: set[str] = set()  # checkpoints whose manifest verified (the retention's check)
+        self._warned: set[str] = set()
+        self._sample_seed = cfg.train.seed
+        if prompts is None and isinstance(cfg.data.prompts, str) and not cfg.data.prompts.startswith("toy-world:"):
+            first = cfg.prompt_entries()[0]
+            if first.seed is not None:
+                self._sample_seed = first.seed
 
     # ------------------------------------------------------------------ helpers
 
@@ -313,7 +329,53 @@ class Trainer:
             optimizers=optimizers if self.rank == 0 else None, state=state, rank=self.rank, world_size=self.world,
             barrier=dist.barrier if _distributed() else (lambda: None),
         )
+        self._verified.discard(str(path))  # a rewritten folder is checked afresh
+        self.prune_checkpoints()
         return path
+
+    def _checkpoint_verifies(self, path: Path) -> bool:
+        """A complete checkpoint whose manifest matches its files (sizes and sha256; a folder
+        written before manifests counts when it has its marker). Cached per folder: each
+        checkpoint is checksummed once, the first time retention has to decide on it."""
+        if str(path) in self._verified:
+            return True
+        try:
+            ok = (path / ckpt.MARKER).is_file() and (ckpt.verify_manifest(path) or (path / "state.json").is_file())
+        except ckpt.CorruptCheckpoint as exc:
+            ckpt.warn(f"checkpoint {path} does not verify ({exc}); it does not count as the newest good one")
+            return False
+        if ok:
+            self._verified.add(str(path))
+        return ok
+
+    def prune_checkpoints(self) -> list[Path]:
+        """``train.keep_last`` retention (rank 0; 0 keeps everything): deletes the ``step_N``
+        folders beyond the newest ``keep_last``, never the newest one that verifies (so with a
+        corrupt newest checkpoint the previous good one stays). Called by :meth:`save` once the
+        new checkpoint is complete. Other entries (``step_final``, ``.tmp``) are left alone.
+        Returns the folders deleted."""
+        import shutil
+
+        keep = self.config.train.keep_last
+        if keep == 0 or self.rank != 0:
+            return []
+        candidates, _ = ckpt.checkpoint_candidates(self.output_dir / "checkpoints")
+        if len(candidates) <= keep:
+            return []
+        kept = set(candidates[:keep])
+        for path in candidates:
+            if self._checkpoint_verifies(path):
+                kept.add(path)
+                break
+        else:
+            return []  # nothing verifies: delete nothing (a resume will say why)
+        removed = []
+        for path in candidates:
+            if path not in kept:
+                shutil.rmtree(path, ignore_errors=True)
+                self._verified.discard(str(path))
+                removed.append(path)
+        return removed
 
     def _read_checkpoint(self, path: Path, inexact: bool) -> dict:
         """Read and verify ``path`` (no trainer state changes); CheckpointError says why not."""
@@ -479,23 +541,143 @@ class Trainer:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def write_run_config(self) -> Path | None:
+        """Save the resolved config as ``<output_dir>/config.yaml`` (rank 0; atomically). When
+        the folder already holds one that differs (a resume, or a new run in an old folder) in
+        more than run-control keys (``RUN_CONTROL_KEYS``: steps, device, logging...), a
+        :class:`~stream_r1_fast.training.config.ConfigWarning` lists the keys that differ."""
+        import os
+        import warnings
+
+        if self.rank != 0:
+            return None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / "config.yaml"
+        new = self.config.to_dict()
+        if path.is_file():
+            try:
+                old = yaml_load(path.read_text(encoding="utf-8"))
+            except Exception as exc:  # an unreadable earlier copy: say so, then replace it
+                old = None
+                warnings.warn(f"{path}: the earlier run's config is unreadable ({type(exc).__name__}); replacing it",
+                              ConfigWarning, stacklevel=2)
+            if isinstance(old, dict):
+                diff = config_diff(old, new)
+                if any(key not in RUN_CONTROL_KEYS for key, _, _ in diff):
+                    what = "resuming at step {} with".format(self.step) if self.step else "starting with"
+                    listed = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in diff)
+                    warnings.warn(f"{what} a config that differs from the one saved in {path}: {listed} "
+                                  "(the file now holds this run's)", ConfigWarning, stacklevel=2)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("# The resolved config of this run (file + overrides), written by stream-r1 train.\n"
+                       + self.config.to_yaml(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def _open_logs(self) -> None:
+        if self._csv is not None:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / "metrics.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        self._csv = open(path, "a", newline="")
+        self._csv_writer = csv.DictWriter(self._csv, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        if new:
+            self._csv_writer.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+        except ImportError:
+            self._tb = None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        import warnings
+
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    @torch.no_grad()
+    def sample(self, prompt: str | None = None, seed: int | None = None) -> torch.Tensor | None:
+        """A full-denoising rollout of the *EMA* generator for ``prompt`` (default: the first
+        training prompt), decoded: video [1, T, 3, H, W] in [0, 1], or None without a VAE. Runs
+        on every rank (the generator may be sharded); the generator's weights and every RNG the
+        training draws from are restored afterwards, so sampling does not change the run."""
+        prompt = self.prompts[0] if prompt is None else prompt
+        seed = self._sample_seed if seed is None else seed
+        params = dict(self.generator.named_parameters())
+        saved = {n: p.detach().clone() for n, p in params.items()}
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        try:
+            for n, p in params.items():
+                p.copy_(self.ema[n].to(p.dtype))
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+            emb = self.text_encoder([prompt]).to(self.device)
+            x = self._rollout([prompt], [gen], len(self.sampler.timesteps) - 1, emb)
+            video = self._decode(x).float().clamp(0, 1).cpu() if self.vae is not None else None
+        finally:
+            for n, p in params.items():
+                p.copy_(saved[n])
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        return video
+
+    def _log_sample(self) -> None:
+        """``train.sample_every``: a sample video of the EMA generator to TensorBoard (tag
+        ``samples/ema``). TensorBoard encodes videos with moviepy (``moviepy.editor``, moviepy < 2);
+        without it a one-time warning says so and the first, middle and last frames are logged
+        as images (``samples/ema_frames``) instead."""
+        import importlib
+
+        every = self.config.train.sample_every
+        if not every or self.step % every:
+            return
+        if self.vae is None:
+            self._warn_once("sample-vae", "train.sample_every: no VAE to decode sample videos with; none are logged")
+            return
+        video = self.sample()
+        if self.rank != 0:
+            return
+        self._open_logs()
+        if self._tb is None:
+            self._warn_once("sample-tb", "train.sample_every: TensorBoard is not installed; sample videos are not logged")
+            return
+        try:
+            importlib.import_module("moviepy.editor")
+            has_moviepy = True
+        except Exception:  # not installed, or moviepy 2 (no moviepy.editor)
+            has_moviepy = False
+        if has_moviepy:
+            self._tb.add_video("samples/ema", video, self.step, fps=SAMPLE_FPS)
+        else:
+            self._warn_once("sample-moviepy", "train.sample_every: TensorBoard's add_video needs moviepy < 2 "
+                            "(pip install 'moviepy<2'); logging the first, middle and last frames of each sample "
+                            "as images (samples/ema_frames) instead")
+            frames = video[0, [0, video.shape[1] // 2, video.shape[1] - 1]]
+            self._tb.add_images("samples/ema_frames", frames, self.step)
+        self._tb.flush()
+
+    def _postfix(self, logs: dict) -> dict[str, str]:
+        """The progress bar's postfix: ``gen`` is the generator loss of this step when the
+        generator was updated; on critic-only steps the last one, marked with its step
+        (``0.123@5``); absent before the first generator update."""
+        post = {"critic": f"{logs['critic_loss']:.4g}"}
+        if "generator_loss" in logs:
+            self._last_gen = (int(logs["step"]), float(logs["generator_loss"]))
+            post["gen"] = f"{logs['generator_loss']:.4g}"
+        elif self._last_gen is not None:
+            post["gen"] = f"{self._last_gen[1]:.4g}@{self._last_gen[0]}"
+        self.last_postfix = post
+        return post
+
     def _log(self, logs: dict[str, float]) -> None:
         if self.rank != 0:
             return
         if self._csv is None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            path = self.output_dir / "metrics.csv"
-            new = not path.exists() or path.stat().st_size == 0
-            self._csv = open(path, "a", newline="")
-            self._csv_writer = csv.DictWriter(self._csv, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            if new:
-                self._csv_writer.writeheader()
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
-            except ImportError:
-                self._tb = None
+            self._open_logs()
         self._csv_writer.writerow({k: logs.get(k, "") for k in CSV_COLUMNS})
         self._csv.flush()
         if self._tb is not None:
@@ -542,7 +724,11 @@ class Trainer:
 
     def fit(self, steps: int | None = None, on_step: Callable[[dict], None] | None = None) -> list[dict]:
         """Train until ``steps`` (default ``train.steps``) total steps; saves every
-        ``save_every`` steps and at the end. Returns this call's per-step logs.
+        ``save_every`` steps and at the end, keeping the newest ``train.keep_last``
+        (:meth:`prune_checkpoints`). Returns this call's per-step logs. The resolved config is
+        written to ``<output_dir>/config.yaml`` first (:meth:`write_run_config`); every
+        ``train.sample_every`` steps a sample video goes to TensorBoard (:meth:`_log_sample`);
+        ``metrics.csv`` and TensorBoard get the learning rates (``lr_generator``, ``lr_critic``).
 
         Rows of ``metrics.csv`` at or after the current step (left by an interrupted run) are
         dropped first. While it runs, SIGTERM / SIGINT (preemption, Ctrl-C) finish the current
@@ -561,6 +747,7 @@ class Trainer:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {steps!r}")
         self._truncate_metrics(self.step)
+        self.write_run_config()
         history = []
         self._stop_signal = None
         previous = {}
@@ -572,6 +759,8 @@ class Trainer:
         try:
             while self.step < steps:
                 logs = self.train_step()
+                logs["lr_generator"] = float(self.g_opt.param_groups[0]["lr"])
+                logs["lr_critic"] = float(self.c_opt.param_groups[0]["lr"])
                 history.append(logs)
                 stop, diverged = self._step_flags(logs)
                 if self.step % cfg.log_every == 0 or self.step == steps or diverged:
@@ -581,8 +770,8 @@ class Trainer:
                     raise TrainingDiverged(f"training diverged: {diverged}. Nothing was saved for this step; the "
                                            f"last checkpoint is {last or 'none'}", step=int(logs["step"]))
                 bar.update(1)
-                bar.set_postfix(critic=f"{logs['critic_loss']:.4g}",
-                                gen=f"{logs.get('generator_loss', float('nan')):.4g}")
+                bar.set_postfix(self._postfix(logs))
+                self._log_sample()
                 if on_step is not None:
                     on_step(logs)
                 path = None
@@ -647,8 +836,6 @@ def _py_unstate(state: list) -> tuple:
 
 def build_trainer(config: TrainConfig) -> Trainer:
     """Models, text encoder, VAE and reward model as the config names them."""
-    import importlib
-
     from diffusers import AutoencoderKLWan
 
     from stream_r1_fast.inference.text import PromptEncoder
@@ -685,11 +872,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=torch.float32).to(device)
     reward = None
     if config.reward.factory is not None:
-        module, _, attr = config.reward.factory.partition(":")
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        reward = obj(**config.reward.kwargs)
+        reward = resolve_factory(config.reward.factory)(**config.reward.kwargs)
     return Trainer(config, generator=generator, teacher=teacher, critic=critic, text_encoder=encoder, vae=vae,
                    reward_model=reward, device=device)
 
