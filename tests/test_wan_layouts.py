@@ -228,6 +228,10 @@ def test_folder_layouts_are_told_apart(folders):
     assert (a.layout, b.layout) == ("original", "diffusers")
     assert a.vae.name == "Wan2.1_VAE.pth" and a.tokenizer == original / "google" / "umt5-xxl"
     assert b.transformer == diffusers / "transformer" and a.transformer == original
+    # What a command line can check before loading: the VAE's and the text encoder's sizes.
+    for key in ("base_dim", "z_dim", "dim_mult", "temperal_downsample", "num_res_blocks"):
+        assert a.vae_config()[key] == b.vae_config()[key], key
+    assert a.text_dim() == b.text_dim() == TEXT_DIM
 
 
 def test_original_config_json(folders, parts):
@@ -353,3 +357,46 @@ def test_vae_structures_diffusers_cannot_convert_are_refused(tmp_path):
     torch.save(vae_to_original(four.state_dict()), tmp_path / "vae.pth")
     with pytest.raises(CheckpointError, match="latent statistics are known only"):
         load_vae(tmp_path / "vae.pth")
+
+
+def test_full_size_structures_convert(tmp_path):
+    """The real sizes, on the meta device (no weights): Wan2.1-T2V-1.3B's and 14B's config.json,
+    the 1.3B transformer's keys, Wan 2.1's VAE (AutoencoderKLWan's defaults) and UMT5-XXL."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from stream_r1_fast.inference.text import convert_wan_t5_to_umt5, umt5_config_from_wan_t5
+    from stream_r1_fast.models import CausalWanTransformer, preset
+    from stream_r1_fast.models.loading import convert_original_to_diffusers
+
+    for name, cfg in (("wan2.1-1.3b", {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30}),
+                      ("wan2.1-14b", {"dim": 5120, "ffn_dim": 13824, "num_heads": 40, "num_layers": 40})):
+        (tmp_path / "config.json").write_text(json.dumps({
+            "_class_name": "WanModel", "_diffusers_version": "0.30.0", "eps": 1e-06, "freq_dim": 256, "in_dim": 16,
+            "model_type": "t2v", "out_dim": 16, "text_len": 512, **cfg}))
+        got = read_transformer_config(tmp_path / "config.json")
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == preset(name), name
+    with torch.device("meta"):
+        model = CausalWanTransformer(**preset("wan2.1-1.3b"))
+        vae = AutoencoderKLWan()
+        t5 = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                         num_heads=64, relative_attention_num_buckets=32, feed_forward_proj="gated-gelu"))
+    sd = model.state_dict()
+    assert {k: v.shape for k, v in convert_original_to_diffusers(transformer_to_original(sd)).items()} == \
+        {k: v.shape for k, v in sd.items()}
+    sd = vae.state_dict()
+    original = vae_to_original(sd)
+    cfg = vae_config_from_original(original)
+    for key, value in cfg.items():
+        assert list(vae.config[key]) == list(value) if isinstance(value, list) else vae.config[key] == value, key
+    assert {k: v.shape for k, v in convert_wan_vae_to_diffusers(original).items()} == {k: v.shape for k, v in sd.items()}
+    sd = t5.state_dict()
+    original = umt5_to_wan_t5(sd)
+    cfg = umt5_config_from_wan_t5(original)
+    for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+                "relative_attention_max_distance", "is_gated_act", "dense_act_fn"):
+        assert getattr(cfg, key) == getattr(t5.config, key), key
+    assert {k: v.shape for k, v in convert_wan_t5_to_umt5(original).items()} == {k: v.shape for k, v in sd.items()}
+    # The bytes text-encoder offload keeps off the device (README): 5,680,910,336 parameters.
+    assert sum(v.numel() for k, v in original.items()) == 5_680_910_336

@@ -401,6 +401,32 @@ class WanFolder:
     def transformer_config(self) -> dict:
         return read_transformer_config(self.transformer / "config.json")
 
+    def vae_config(self) -> dict:
+        """The VAE's config: ``vae/config.json``, or read off the tensor shapes of the original
+        ``.pth`` (memory-mapped: its data is not read)."""
+        if self.layout == "diffusers":
+            try:
+                return dict(json.loads((self.vae / "config.json").read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"cannot read {self.vae / 'config.json'} ({type(exc).__name__}: {exc})") from None
+        try:
+            return vae_config_from_original(read_weights_file(self.vae))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self.vae}: {exc}") from None
+
+    def text_dim(self) -> int:
+        """The text encoder's width (the transformer's ``text_dim`` must match it)."""
+        if self.layout == "diffusers":
+            try:
+                return int(json.loads((self.text_encoder / "config.json").read_text(encoding="utf-8"))["d_model"])
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise CheckpointError(f"cannot read d_model from {self.text_encoder / 'config.json'} "
+                                      f"({type(exc).__name__}: {exc})") from None
+        sd = read_weights_file(self.text_encoder)
+        if "token_embedding.weight" not in sd:
+            raise CheckpointError(f"{self.text_encoder}: not Wan's T5 encoder (no token_embedding.weight)")
+        return int(sd["token_embedding.weight"].shape[1])
+
 
 def find_wan_folder(path: str | Path, option: str = "path", *, transformer_weights: bool = True) -> WanFolder:
     """The parts of the Wan model folder at ``path`` (either layout), checked to exist; nothing
