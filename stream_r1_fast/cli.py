@@ -147,6 +147,8 @@ def check_model_dir(model: str, checkpoint: str | None) -> tuple[int, int, int]:
         raise UsageError(f"{opt}: no such model folder")
     if not root.is_dir():
         raise UsageError(f"{opt}: not a folder (expected a diffusers Wan model folder)")
+    if not (root / "transformer").is_dir() and (root / "config.json").is_file():
+        return _check_original_model_dir(model, checkpoint)
     missing = [f"{p}/" for p in _MODEL_PARTS if not (root / p).is_dir()]
     if missing:
         raise UsageError(f"{opt}: not a diffusers Wan model folder: no {', '.join(missing)} "
@@ -190,6 +192,45 @@ def check_model_dir(model: str, checkpoint: str | None) -> tuple[int, int, int]:
     return 2 ** sum(bool(d) for d in down), spatial * patch[1], spatial * patch[2]
 
 
+def _check_original_model_dir(model: str, checkpoint: str | None) -> tuple[int, int, int]:
+    """:func:`check_model_dir` for Wan-AI's original folder (config.json +
+    diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, the T5 .pth, google/umt5-xxl/): the
+    sizes come from the configs and the tensor shapes (memory-mapped; no weight data is read)."""
+    import torch
+
+    from stream_r1_fast.models.loading import CheckpointError, find_wan_folder
+    from stream_r1_fast.models.wan import CausalWanTransformer
+
+    opt = f"--model {model}"
+    try:
+        folder = find_wan_folder(model, "--model", transformer_weights=checkpoint is None)
+        cfg = folder.transformer_config()
+        with torch.device("meta"):
+            patch = tuple(CausalWanTransformer.from_config(cfg).config.patch_size)
+        vae, text_dim = folder.vae_config(), folder.text_dim()
+    except (OSError, CheckpointError, ValueError, TypeError) as exc:
+        raise UsageError(f"{opt}: {_one_line(exc)}") from None
+    if vae.get("z_dim") not in (None, cfg.get("in_channels")):
+        raise UsageError(f"{opt}: the VAE's z_dim {vae.get('z_dim')} is not the transformer's in_channels {cfg.get('in_channels')}")
+    if text_dim != cfg.get("text_dim"):
+        raise UsageError(f"{opt}: the text encoder's width {text_dim} is not the transformer's text_dim {cfg.get('text_dim')}")
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise UsageError(f"--checkpoint {checkpoint}: no such file or folder")
+    dims, down = vae.get("dim_mult", [1, 2, 4, 4]), vae.get("temperal_downsample", [False, True, True])
+    spatial = 2 ** (len(dims) - 1)
+    return 2 ** sum(bool(d) for d in down), spatial * patch[1], spatial * patch[2]
+
+
+def _tokenizer_dir(model: str) -> Path:
+    """The tokenizer folder of either Wan layout (tokenizer/, or the original google/umt5-xxl/)."""
+    root = Path(model)
+    if (root / "tokenizer").is_dir() or (root / "transformer").is_dir():
+        return root / "tokenizer"
+    from stream_r1_fast.models.loading import ORIGINAL_TOKENIZER
+
+    return root / ORIGINAL_TOKENIZER
+
+
 def check_prompt_tokens(model: str, prompts: list[str], option: str, max_length: int = 512) -> None:
     """Tokenize every prompt with the model's tokenizer (cheap next to the weights): a tokenizer
     that does not load is an error; words it only knows as its unknown token, and prompts longer
@@ -197,9 +238,9 @@ def check_prompt_tokens(model: str, prompts: list[str], option: str, max_length:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(Path(model) / "tokenizer"))
+        tok = AutoTokenizer.from_pretrained(str(_tokenizer_dir(model)))
     except Exception as exc:  # any failure to build it is the folder's fault
-        raise UsageError(f"--model {model}: tokenizer/ does not load: {_one_line(exc)}") from None
+        raise UsageError(f"--model {model}: {_tokenizer_dir(model).name}/ does not load: {_one_line(exc)}") from None
     for p in dict.fromkeys(prompts):
         unknown = [w for w in dict.fromkeys(p.split())
                    if tok.unk_token_id is not None and tok.unk_token_id in tok(w, add_special_tokens=False).input_ids]
@@ -285,6 +326,10 @@ def check_generate_args(args) -> dict:
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError(f"--prompt is empty: {args.prompt!r}")
     t_factor, mult_h, mult_w = check_model_dir(args.model, args.checkpoint)
+    if args.lora is not None and not Path(args.lora).exists():
+        raise UsageError(f"--lora {args.lora}: no such file or folder")
+    if args.lora_alpha is not None and (args.lora is None or not math.isfinite(args.lora_alpha) or args.lora_alpha <= 0):
+        raise UsageError(f"--lora-alpha needs --lora and a finite value > 0, got {args.lora_alpha}")
     for name, value, mult in (("--height", args.height, mult_h), ("--width", args.width, mult_w)):
         if value <= 0 or value % mult:
             raise UsageError(f"{name} must be a positive multiple of {mult} pixels for this model, got {value}")
@@ -378,7 +423,8 @@ def _generate(args) -> int:
     try:
         pipe = StreamingPipeline.from_pretrained(
             args.model, checkpoint=args.checkpoint, dtype=getattr(torch, _DTYPES[args.dtype]),
-            device=run["device"], sampler=sampler,
+            device=run["device"], sampler=sampler, lora=args.lora, lora_alpha=args.lora_alpha,
+            offload_text_encoder=args.offload_text_encoder,
         )
     except CheckpointError as exc:
         where = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}"
@@ -550,8 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-r1", description="Streaming autoregressive video generation.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a video from a prompt or a prompt schedule")
-    g.add_argument("--model", required=True, help="diffusers Wan model folder (transformer/, vae/, text_encoder/, tokenizer/)")
+    g.add_argument("--model", required=True, help="Wan model folder: diffusers (transformer/, vae/, text_encoder/, tokenizer/) "
+                   "or Wan-AI's original (config.json + diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, "
+                   "models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/)")
     g.add_argument("--checkpoint", help="student weights replacing the transformer's (.pt with generator[_ema], original or diffusers layout)")
+    g.add_argument("--lora", help="a LoRA on the generator, merged at load: a peft adapter folder, a .safetensors of "
+                   "peft keys, or a LongLive lora.pt")
+    g.add_argument("--lora-alpha", type=float, default=None, help="the LoRA's alpha when its file does not say (default: its rank)")
+    g.add_argument("--offload-text-encoder", action="store_true",
+                   help="keep the UMT5 text encoder on the CPU; it moves to the device only to encode a new prompt")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt")
     src.add_argument("--prompt-schedule", help="file of timed prompts: JSON [{at, prompt}] or lines 'SECONDS PROMPT'")
