@@ -34,6 +34,8 @@ import re
 import typing
 from pathlib import Path
 
+from stream_r1_fast.prompts import PromptEntry
+from stream_r1_fast.prompts import read_prompt_file as _read_prompt_file
 from stream_r1_fast.training.weighting import WeightingConfig
 
 WAN_NEGATIVE_PROMPT = (
@@ -404,75 +406,15 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, objec
 
 
 # ---------------------------------------------------------------------- prompt files
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptEntry:
-    """One training prompt. ``text``: what the model is conditioned on (a ``.jsonl`` line's
-    ``extended_prompt`` when it has one, else its ``prompt``); ``seed``: the line's ``seed``
-    (the noise seed of the sample videos when it is the first prompt); ``where``: ``file:line``."""
-
-    text: str
-    prompt: str | None = None
-    seed: int | None = None
-    where: str = ""
+# The reader lives in stream_r1_fast.prompts (stream-r1 generate --prompts reads the same files);
+# PromptEntry and read_prompt_file stay importable from here.
 
 
 def read_prompt_file(path: str | Path, key: str = "data.prompts") -> list[PromptEntry]:
-    """Every prompt of a prompt file, checked; ConfigError naming ``key``, the file and the line.
-
-    ``.txt`` (or any suffix but ``.jsonl``): one prompt per line; blank lines and lines starting
-    with ``#`` are skipped. ``.jsonl``: one JSON object per (non-blank) line,
-    ``{"prompt": str, "extended_prompt"?: str, "seed"?: int >= 0}`` (other fields are ignored);
-    with ``extended_prompt`` that text is the one trained on (Self-Forcing and LongLive ship
-    extended prompts). ``.json`` is refused (write one object per line as ``.jsonl``)."""
-    path = Path(path)
-    head = f"config key {key!r}"
-    if not path.exists():
-        raise ConfigError(f"{head}: no such prompt file {str(path)!r}")
-    if not path.is_file():
-        raise ConfigError(f"{head}: {str(path)!r} is a folder, not a prompt file (.txt or .jsonl)")
-    if path.suffix.lower() == ".json":
-        raise ConfigError(f"{head}: {path}: a .json prompt file is not read; use .jsonl (one "
-                          '{"prompt": ...} object per line) or .txt (one prompt per line)')
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{head}: {path}:{line}: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise ConfigError(f"{head}: cannot read {path} ({exc.strerror or exc})") from None
-    entries = []
-    if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise ConfigError(f"{head}: {where}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f'{head}: {where}: expected a JSON object {{"prompt": ...}}, '
-                                  f"got {type(obj).__name__}")
-            prompt, ext, seed = obj.get("prompt"), obj.get("extended_prompt"), obj.get("seed")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ConfigError(f"{head}: {where}: 'prompt' must be a non-empty string, got {prompt!r}")
-            if ext is not None and (not isinstance(ext, str) or not ext.strip()):
-                raise ConfigError(f"{head}: {where}: 'extended_prompt' must be a non-empty string when given, "
-                                  f"got {ext!r}")
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-                raise ConfigError(f"{head}: {where}: 'seed' must be an int >= 0 when given, got {seed!r}")
-            entries.append(PromptEntry((ext or prompt).strip(), prompt.strip(), seed, where))
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                entries.append(PromptEntry(line, line, None, f"{path}:{n}"))
-    if not entries:
-        raise ConfigError(f"{head}: {path} holds no prompts")
-    return entries
-
+    """Every prompt of a prompt file (:func:`stream_r1_fast.prompts.read_prompt_file`: ``.txt``
+    one per line, ``.jsonl`` one ``{"prompt", "extended_prompt"?, "seed"?}`` object per line),
+    checked; ConfigError naming ``key``, the file and the line."""
+    return _read_prompt_file(path, f"config key {key!r}", error=ConfigError)
 
 def _build(cls, data, prefix: str):
     if not isinstance(data, dict):
