@@ -2,6 +2,10 @@
 compute does not depend on the values) and the Wan VAE, chunk by chunk, ours against a
 faithful reproduction of Reward Forcing's inference path, in the same run.
 
+Modes (``--modes``): ``ours`` (SinkKVCache: pre-RoPE cache, the fused sink_attention /
+ema_cache_update ops), ``rotated`` (RotatedSinkKVCache: keys stored rotated, one dense SDPA
+per block, PyTorch ops only), ``baseline`` (the Reward-Forcing-style path).
+
 What is timed, per chunk: 4 denoising forwards, the context-refresh forward, the streaming
 VAE decode of the chunk (in float32, as StreamingPipeline runs it) and the copy of its uint8
 frames to the host. Text encoding is NOT timed (it happens once per prompt; the UMT5 encoder is
@@ -38,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, device_name, environment  # noqa: E402
 
-from stream_r1_fast.cache import CachePolicy, SinkKVCache  # noqa: E402
+from stream_r1_fast.cache import CachePolicy, RotatedSinkKVCache, SinkKVCache  # noqa: E402
 from stream_r1_fast.inference.sampler import FlowMatchSampler, randn  # noqa: E402
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames  # noqa: E402
 from stream_r1_fast.models import CausalWanTransformer  # noqa: E402
@@ -142,6 +146,9 @@ def run_mode(mode, model, vae, text, args, device, dtype):
     cfg = model.config
     if mode == "ours":
         cache = SinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, dtype=dtype, device=device)
+    elif mode == "rotated":
+        cache = RotatedSinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, chunk_frames=args.chunk_frames,
+                                             dtype=dtype, device=device)
     else:
         cache = RewardForcingStyleCache(cfg.num_layers, args.batch, grid, cfg.num_attention_heads,
                                         cfg.attention_head_dim, policy, args.chunk_frames, dtype=dtype, device=device)
@@ -235,7 +242,7 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=20, help="measured chunks after warm-up")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of every mode (medians over them)")
-    p.add_argument("--modes", nargs="+", default=["ours", "baseline"], choices=["ours", "baseline"])
+    p.add_argument("--modes", nargs="+", default=["ours", "baseline"], choices=["ours", "rotated", "baseline"])
     p.add_argument("--no-vae", action="store_true", help="skip the VAE (transformer only)")
     p.add_argument("--keep-output", action="store_true", help="compare the latents of every chunk across the modes")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
@@ -293,6 +300,16 @@ def main() -> None:
             diff = max((a - b).abs().max().item() for a, b in zip(outs["ours"], outs["baseline"]))
             summary["max_abs_diff_latents"] = diff
             print(f"max |ours - baseline| over all chunks' latents: {diff:.3e}")
+    if "rotated" in by and "baseline" in by:
+        summary["speedup_rotated"] = by["rotated"]["sustained_fps"] / by["baseline"]["sustained_fps"]
+        print(f"rotated cache: speed-up over the Reward-Forcing-style path: {summary['speedup_rotated']:.2f}x")
+        if args.keep_output:
+            diff = max((a - b).abs().max().item() for a, b in zip(outs["rotated"], outs["baseline"]))
+            summary["max_abs_diff_latents_rotated"] = diff
+            print(f"max |rotated - baseline| over all chunks' latents: {diff:.3e}")
+    if "rotated" in by and "ours" in by:
+        summary["speedup_rotated_over_ours"] = by["rotated"]["sustained_fps"] / by["ours"]["sustained_fps"]
+        print(f"rotated cache over the fused-op cache: {summary['speedup_rotated_over_ours']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e_streaming_{device.type}.json"
     tmp = path.with_suffix(".tmp")

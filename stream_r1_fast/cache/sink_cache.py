@@ -21,6 +21,7 @@ chunks of 3) are ``CachePolicy(sink_frames=3, window_frames=3)``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -82,6 +83,9 @@ class SinkKVCache:
     per chunk), so the per-block position tables are equal.
     """
 
+    #: The name the pipeline's and the rollout's ``cache_impl`` option use for this class.
+    impl_name = "fused"
+
     def __init__(
         self,
         num_layers: int,
@@ -114,10 +118,18 @@ class SinkKVCache:
         latent_width: int,
         policy: CachePolicy = CachePolicy(),
         *,
+        chunk_frames: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> "SinkKVCache":
-        """A cache sized for ``model`` (a CausalWanTransformer) and latent frames of H x W."""
+        """A cache sized for ``model`` (a CausalWanTransformer) and latent frames of H x W.
+        ``chunk_frames``: accepted for the interface of
+        :meth:`RotatedSinkKVCache.for_model <stream_r1_fast.cache.RotatedSinkKVCache.for_model>`;
+        this cache takes any chunk up to the window, so it only checks that one fits."""
+        if chunk_frames is not None and not 1 <= chunk_frames <= policy.window_frames:
+            raise ValueError(
+                f"chunk_frames must be in [1, window_frames = {policy.window_frames}], got {chunk_frames!r}"
+            )
         cfg = model.config
         param = next(model.parameters())
         return cls(
@@ -170,6 +182,14 @@ class SinkKVCache:
         """Empty every slot (a new video), keeping the storage."""
         self.positions.fill_(-1)
         self.state.zero_()
+
+    def snapshot(self) -> "SinkKVCache":
+        """An independent copy (its own tensors): what a gradient-carrying forward attends to
+        while the live cache is updated in place afterwards."""
+        snap = copy.copy(self)
+        snap.keys, snap.values = self.keys.clone(), self.values.clone()
+        snap.positions, snap.state = self.positions.clone(), self.state.clone()
+        return snap
 
     @property
     def batch_size(self) -> int:

@@ -1,6 +1,7 @@
 """Self-Forcing backward simulation: the generator makes a whole video from noise, chunk by
 chunk, with its own KV cache (:func:`training_cache_policy`) and the inference sampler's schedule (the same
-:class:`~stream_r1_fast.cache.SinkKVCache` and ``forward_chunk`` code paths as
+cache classes — :class:`~stream_r1_fast.cache.SinkKVCache` by default, ``cache_impl="rotated"`` for
+:class:`~stream_r1_fast.cache.RotatedSinkKVCache` — and ``forward_chunk`` code paths as
 :class:`~stream_r1_fast.inference.StreamingPipeline`).
 
 Each chunk is denoised up to the exit step k (drawn once per iteration, shared by all chunks
@@ -18,7 +19,7 @@ import random
 import torch
 import torch.distributed as dist
 
-from stream_r1_fast.cache import CachePolicy, SinkKVCache
+from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
 from stream_r1_fast.inference.sampler import FlowMatchSampler, Generators, randn
 
 
@@ -48,10 +49,13 @@ def draw_exit_step(num_steps: int, rng: random.Random, device=None) -> int:
     return k
 
 
-def snapshot_cache(cache: SinkKVCache) -> SinkKVCache:
-    """A copy of the cache with its own tensors: the gradient-carrying forward saves the cache
-    tensors for backward, and the refresh then updates the live cache in place."""
-    snap = copy.copy(cache)
+def snapshot_cache(cache):
+    """A copy of the cache with its own tensors (``cache.snapshot()``): the gradient-carrying
+    forward saves (or, under gradient checkpointing, re-reads in backward) the cache tensors and
+    host state, and the refresh then updates the live cache in place."""
+    if callable(getattr(cache, "snapshot", None)):
+        return cache.snapshot()
+    snap = copy.copy(cache)  # a duck-typed cache of the fused layout without snapshot()
     snap.keys, snap.values = cache.keys.clone(), cache.values.clone()
     snap.positions, snap.state = cache.positions.clone(), cache.state.clone()
     return snap
@@ -69,11 +73,14 @@ def self_forcing_rollout(
     policy: CachePolicy = CachePolicy(),
     generator: Generators = None,
     cache_dtype: torch.dtype | None = None,
+    cache_impl="fused",
 ) -> torch.Tensor:
     """Roll out ``num_chunks`` chunks for the prompts of ``text`` (a TextContext).
 
     ``generator``: one torch.Generator, or one per sample (sample b's noise then depends on
     generator b only, so a batch split across ranks rolls out the same samples).
+    ``cache_impl``: ``"fused"`` (:class:`~stream_r1_fast.cache.SinkKVCache`), ``"rotated"``
+    (:class:`~stream_r1_fast.cache.RotatedSinkKVCache`) or a cache class; same semantics.
     Returns latents [B, C, num_chunks * chunk_frames, h, w] (float32) whose graph reaches the
     generator's parameters through the step-``exit_step`` forward of every chunk.
     """
@@ -83,7 +90,9 @@ def self_forcing_rollout(
     b = text.batch_size
     h, w = latent_size
     param = next(model.parameters())
-    cache = SinkKVCache.for_model(model, b, h, w, policy, dtype=cache_dtype or param.dtype, device=param.device)
+    cache_cls = resolve_cache_impl(cache_impl)
+    cache = cache_cls.for_model(model, b, h, w, policy, chunk_frames=chunk_frames, dtype=cache_dtype or param.dtype,
+                                device=param.device)
     channels = model.config.in_channels
     out = []
     for _ in range(num_chunks):

@@ -1,0 +1,326 @@
+"""The streaming KV cache with keys stored *rotated*, attended by one dense SDPA call.
+
+Same semantics as :class:`~stream_r1_fast.cache.SinkKVCache` (the fused-op cache: every
+:class:`~stream_r1_fast.cache.CachePolicy`, the group-mean EMA fold, window-relative RoPE
+positions; docs/method.md, section 2), a different storage ("How the cache is stored" in
+docs/method.md):
+
+* Per block one buffer of ``N = S + W + C`` latent frames (S sink, W window, C the largest
+  chunk) in *age order*: sink frames first, then the window oldest first, then room for the
+  chunk. A frame's RoPE position is its slot index, so the occupied frames always form the
+  prefix ``[0, m)`` and a chunk sits at ``[m, m + C)``.
+* Keys are stored already rotated at their current position (values as they are). A chunk's
+  q and k are rotated once per forward from a precomputed cos/sin table (float32 math,
+  float64 angles, result in the input dtype, as ``sink_attention_ref``), its K/V are written
+  at slot ``m`` and attention is ``scaled_dot_product_attention(q, K[:m+C], V[:m+C])``: no
+  mask, no rotation inside the attention, one dense call (cuDNN / flash on GPU).
+* The refresh (:meth:`update`) advances the buffer. With E = max(0, m + C - S - W) frames
+  to evict (the oldest window frames, slots ``[S, S + E)``): they are EMA-folded into the
+  sink in rotated space (evicted frame j, at position S + j, turned to sink frame i's
+  position by ``R(i - S - j)`` before the group mean; rotation is linear, so this is the
+  pre-RoPE fold seen through RoPE), the surviving window frames move down E slots with
+  their temporal pairs re-rotated by -E, and the chunk is written at ``[m - E, m - E + C)``
+  rotated at its final positions. Only the temporal pairs (22 of 64 at head dim 128) change
+  on a move; the spatial ones are copied.
+
+Everything that decides the layout is one host integer, ``m`` (frames occupied before the
+chunk), which follows ``m <- min(m + C, S + W)`` chunk after chunk, exactly the fill and
+eviction pattern of ``ema_cache_update`` (the sink fills first; a window that is not a
+multiple of the chunk evicts fewer frames on its first overflow, e.g. window 5, chunk 3:
+1 then 3). No device value is read on the host, no ``.item()``, the buffers never change
+size, and every slice is host-known, so a chunk step is CUDA-graph friendly and traces with
+``torch.compile(fullgraph=True)``; since ``m`` is a Python int, the step specialises on it:
+one compile per distinct ``m`` (:meth:`fill_lengths`: 3 at the defaults, key lengths of 3, 6
+and 9 frames), then the steady state reuses the last one.
+
+Precision: the stored keys are rounded to the cache dtype after each rotation, and a window
+frame is re-rotated once per slide, so in bf16 the keys differ from the pre-RoPE cache's
+on-the-fly rotation by a few bf16 roundings (float32: ~1e-6); tests/test_rotated_cache.py
+states the tolerances.
+
+Not yet here (later steps): a fused cache-advance kernel (fold + move + re-rotation in one
+pass instead of a handful of PyTorch ops), a FlashAttention-2-class kernel of our own, and
+capture of the chunk step in CUDA graphs (one graph per fill phase plus the steady state).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from stream_r1_fast.cache.sink_cache import CachePolicy
+from stream_r1_fast.ops.ema_cache_ref import fold_group
+from stream_r1_fast.ops.rope import rope_angles, rope_axis_dims
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Adjacent pairs of x [..., 2n] (already in the compute dtype) turned by cos/sin [..., n]."""
+    x2 = x.unflatten(-1, (-1, 2))
+    x0, x1 = x2[..., 0], x2[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+
+
+class RotatedSinkKVCache:
+    """KV cache of all blocks of a :class:`~stream_r1_fast.models.CausalWanTransformer` for a
+    batch of streams (the :class:`~stream_r1_fast.models.KVCache` protocol), keys stored
+    rotated in an age-ordered buffer, attention by ``scaled_dot_product_attention``.
+
+    Tensors (fixed size, allocated once): ``keys``/``values`` [num_layers, B, N, P, heads,
+    head_dim] with ``N = sink + window + chunk_frames``; slot ``s`` of every block holds the
+    frame at RoPE position ``s``. ``chunk_frames`` (default: the window) is the largest chunk
+    the cache takes. Host state: :attr:`occupied` (frames held, the same for every block between
+    chunks).
+
+    Protocol use (as ``forward_chunk`` does it): any number of :meth:`attend` calls per chunk,
+    then on the refresh one :meth:`update` per block, blocks in order 0..L-1; the chunk counts
+    as entered after the last block's update.
+    """
+
+    #: The name the pipeline's and the rollout's ``cache_impl`` option use for this class.
+    impl_name = "rotated"
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        grid: tuple[int, int],
+        heads: int,
+        head_dim: int,
+        policy: CachePolicy = CachePolicy(),
+        *,
+        chunk_frames: int | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+        rope_theta: float = 10000.0,
+    ):
+        if batch_size < 1 or num_layers < 1:
+            raise ValueError(f"batch_size and num_layers must be >= 1, got {batch_size} and {num_layers}")
+        if not isinstance(policy, CachePolicy):
+            raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
+        chunk = policy.window_frames if chunk_frames is None else chunk_frames
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= policy.window_frames:
+            raise ValueError(
+                f"chunk_frames must be an int in [1, window_frames = {policy.window_frames}] (the window "
+                f"must hold a chunk), got {chunk_frames!r}"
+            )
+        if head_dim % 2 or head_dim < 6:
+            raise ValueError(f"head_dim must be even and >= 6 (Wan's 3-D RoPE), got {head_dim}")
+        self.policy = policy
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.chunk_frames = chunk
+        self.rope_theta = float(rope_theta)
+        p = self.grid[0] * self.grid[1]
+        n = policy.slots + chunk
+        self.capacity = n
+        shape = (num_layers, batch_size, n, p, heads, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.occupied = 0  # frames held before the current chunk (host int, never read from the device)
+        self._next_update = 0  # the block whose update comes next on a refresh
+        # RoPE tables, once: every slot's full angles (a chunk's q/k), and the temporal angles of
+        # the moves -N..0 (re-rotation of moved frames and the fold), cos/sin in the compute dtype.
+        cd = _compute_dtype(dtype)
+        dev = self.keys.device
+        ang = rope_angles(torch.arange(n, device=dev), *self.grid, head_dim, self.rope_theta)  # [N*P, D/2]
+        self._cos, self._sin = ang.cos().to(cd), ang.sin().to(cd)
+        self._dt = rope_axis_dims(head_dim)[0]
+        ang_t = rope_angles(torch.arange(-n, 1, device=dev), 1, 1, head_dim, self.rope_theta)[:, : self._dt // 2]
+        self._cos_t, self._sin_t = ang_t.cos().to(cd), ang_t.sin().to(cd)  # row r: a move by r - N frames
+
+    @classmethod
+    def for_model(
+        cls,
+        model,
+        batch_size: int,
+        latent_height: int,
+        latent_width: int,
+        policy: CachePolicy = CachePolicy(),
+        *,
+        chunk_frames: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> "RotatedSinkKVCache":
+        """A cache sized for ``model`` (a CausalWanTransformer), latent frames of H x W and chunks
+        of at most ``chunk_frames`` latent frames (default: the window)."""
+        cfg = model.config
+        param = next(model.parameters())
+        return cls(
+            cfg.num_layers,
+            batch_size,
+            model.latent_grid(latent_height, latent_width),
+            cfg.num_attention_heads,
+            cfg.attention_head_dim,
+            policy,
+            chunk_frames=chunk_frames,
+            dtype=dtype or param.dtype,
+            device=device or param.device,
+            rope_theta=getattr(model, "rope_theta", 10000.0),
+        )
+
+    # ------------------------------------------------------------------ host-side plan
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def evicted(self, frames: int | None = None) -> int:
+        """Frames the next refresh of ``frames`` (default: chunk_frames) frames evicts."""
+        f = self.chunk_frames if frames is None else frames
+        return max(0, self.occupied + f - self.policy.slots)
+
+    def fill_lengths(self, frames: int | None = None) -> list[int]:
+        """The key lengths (in frames, the chunk included) chunks of ``frames`` frames attend to,
+        in order, until the steady state (the last entry): one compile each under torch.compile."""
+        f = self.chunk_frames if frames is None else frames
+        out, m = [], 0
+        while True:
+            out.append(m + f)
+            if m == self.policy.slots:
+                return out
+            m = min(m + f, self.policy.slots)
+
+    def _frames(self, t: torch.Tensor) -> int:
+        p = self.tokens_per_frame
+        if t.dim() != 4 or t.shape[1] % p:
+            raise ValueError(f"expected [B, F * {p}, heads, head_dim] (whole latent frames), got {tuple(t.shape)}")
+        f = t.shape[1] // p
+        if f > self.chunk_frames:
+            raise ValueError(f"a chunk of {f} frames does not fit a cache made for chunks of {self.chunk_frames}")
+        return f
+
+    def _rope(self, x: torch.Tensor, first: int, frames: int) -> torch.Tensor:
+        """x [B, frames * P, H, D] rotated at positions first..first+frames-1 (result in x.dtype)."""
+        p = self.tokens_per_frame
+        cd = _compute_dtype(x.dtype)
+        cos = self._cos[first * p : (first + frames) * p].to(cd)[None, :, None, :]
+        sin = self._sin[first * p : (first + frames) * p].to(cd)[None, :, None, :]
+        return _rotate_pairs(x.to(cd), cos, sin).to(x.dtype)
+
+    def _move_t(self, x: torch.Tensor, delta: int) -> torch.Tensor:
+        """Frames x [..., D] (rotated keys) moved by ``delta`` frames: the temporal pairs turned,
+        the spatial ones kept; in the compute dtype."""
+        cd = _compute_dtype(x.dtype)
+        row = self.capacity + delta
+        cos, sin = self._cos_t[row].to(cd), self._sin_t[row].to(cd)
+        xc = x.to(cd)
+        return torch.cat([_rotate_pairs(xc[..., : self._dt], cos, sin), xc[..., self._dt :]], dim=-1)
+
+    # ------------------------------------------------------------------ the KVCache protocol
+
+    def begin_chunk(self) -> None:
+        """Nothing to do on the device: the chunk's slots are known from :attr:`occupied`."""
+        if self._next_update:
+            raise RuntimeError(
+                f"the previous chunk's refresh stopped after block {self._next_update - 1}: every block "
+                "must be updated once per refresh"
+            )
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Block ``layer``'s chunk queries against its cached frames and the chunk: [B, Lq, heads, D].
+
+        Without grad the chunk's rotated K/V are written into the buffer's free slots and the
+        attention reads one contiguous prefix; with grad (a training forward) they are joined
+        with ``torch.cat`` instead, so the buffer is not written and autograd sees no in-place op.
+        """
+        m, f = self.occupied, self._frames(q)
+        qr = self._rope(q, m, f)
+        kr = self._rope(k, m, f)
+        keys_all, values_all = self.keys[layer], self.values[layer]
+        b, _, p, h, d = keys_all.shape
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            keys = torch.cat([keys_all[:, :m].flatten(1, 2), kr.to(keys_all.dtype)], dim=1)
+            values = torch.cat([values_all[:, :m].flatten(1, 2), v.to(values_all.dtype)], dim=1)
+        else:
+            keys_all[:, m : m + f].copy_(kr.reshape(b, f, p, h, d))
+            values_all[:, m : m + f].copy_(v.reshape(b, f, p, h, d))
+            keys = keys_all[:, : m + f].flatten(1, 2)
+            values = values_all[:, : m + f].flatten(1, 2)
+        o = F.scaled_dot_product_attention(
+            qr.transpose(1, 2), keys.to(qr.dtype).transpose(1, 2), values.to(qr.dtype).transpose(1, 2)
+        )
+        return o.transpose(1, 2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Enter a chunk's K/V [B, Fq * P, heads, D] into block ``layer``'s buffer, in place:
+        fold and drop the evicted frames, move the survivors down, write the chunk."""
+        if layer != self._next_update:
+            raise RuntimeError(f"update of block {layer} out of order (block {self._next_update} is next)")
+        m, f = self.occupied, self._frames(k)
+        s, slots = self.policy.sink_frames, self.policy.slots
+        e = max(0, m + f - slots)
+        keys, values = self.keys[layer], self.values[layer]
+        b, _, p, h, d = keys.shape
+        if e > 0:
+            if s > 0 and float(self.policy.alpha) != 1.0:
+                self._fold(keys, rotate=True, evict=e)
+                self._fold(values, rotate=False, evict=e)
+            survivors = m - s - e  # window frames that stay, at slots [s + e, m)
+            if survivors > 0:
+                keys[:, s : m - e].copy_(self._move_t(keys[:, s + e : m], -e).to(keys.dtype))
+                values[:, s : m - e].copy_(values[:, s + e : m].clone())
+        start = m - e
+        keys[:, start : start + f].copy_(self._rope(k, start, f).reshape(b, f, p, h, d))
+        values[:, start : start + f].copy_(v.reshape(b, f, p, h, d))
+        self._next_update += 1
+        if self._next_update == self.keys.shape[0]:
+            self._next_update = 0
+            self.occupied = min(m + f, slots)
+
+    def _fold(self, buf: torch.Tensor, *, rotate: bool, evict: int) -> None:
+        """EMA fold of the ``evict`` oldest window frames (slots [S, S + evict)) into the sink
+        (slots [0, S)) of one block's buffer [B, N, P, H, D]: sink frame i takes the mean of its
+        group (:func:`~stream_r1_fast.ops.ema_cache_ref.fold_group`), keys first turned from the
+        evicted frame's position S + j to the sink frame's position i. The mean is a float32 sum
+        in group order divided by the group size, the blend float32, rounded once."""
+        s = self.policy.sink_frames
+        alpha = float(self.policy.alpha)
+        cd = _compute_dtype(buf.dtype)
+        if evict == s:  # the EMA-Sink default: frame for frame, every key moved by -S
+            ev = buf[:, s : 2 * s]
+            ev = self._move_t(ev, -s) if rotate else ev.to(cd)
+            buf[:, :s].copy_((alpha * buf[:, :s].to(cd) + (1.0 - alpha) * ev).to(buf.dtype))
+            return
+        folded = []
+        for i in range(s):
+            lo, hi = fold_group(i, evict, s)
+            mean = None
+            for j in range(lo, hi):
+                x = buf[:, s + j]
+                x = self._move_t(x, i - s - j) if rotate else x.to(cd)
+                mean = x if mean is None else mean + x
+            if hi - lo > 1:
+                mean = mean / torch.full_like(mean, float(hi - lo))
+            folded.append(alpha * buf[:, i].to(cd) + (1.0 - alpha) * mean)
+        buf[:, :s].copy_(torch.stack(folded, dim=1).to(buf.dtype))
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def reset(self) -> None:
+        """Empty the cache (a new video), keeping the storage."""
+        self.occupied = 0
+        self._next_update = 0
+
+    def snapshot(self) -> "RotatedSinkKVCache":
+        """An independent copy (its own K/V tensors and host state; the RoPE tables are shared,
+        they are never written)."""
+        snap = copy.copy(self)
+        snap.keys, snap.values = self.keys.clone(), self.values.clone()
+        return snap
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.keys, self.values)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache's K/V buffers (constant for the cache's lifetime; the RoPE
+        tables add ``2 * N * P * head_dim / 2`` compute-dtype values)."""
+        return sum(t.untyped_storage().nbytes() for t in self.tensors())
