@@ -71,9 +71,11 @@ class RotatedSinkKVCache:
     batch of streams (the :class:`~stream_r1_fast.models.KVCache` protocol), keys stored
     rotated in an age-ordered buffer, attention by ``scaled_dot_product_attention``.
 
-    Tensors (fixed size, allocated once): ``keys``/``values`` [num_layers, B, N, P, heads,
-    head_dim] with ``N = sink + window + chunk_frames``; slot ``s`` of every block holds the
-    frame at RoPE position ``s``. ``chunk_frames`` (default: the window) is the largest chunk
+    Tensors (fixed size, allocated once): ``keys``/``values``, lists of one [B, N, P, heads,
+    head_dim] tensor per block with ``N = sink + window + chunk_frames``; slot ``s`` of every
+    block holds the frame at RoPE position ``s``. (Separate tensors per block rather than one
+    [L, ...] tensor: under torch.compile + Inductor a block's in-place writes then stay in place;
+    with one shared tensor Inductor materialised whole-cache temporaries.) ``chunk_frames`` (default: the window) is the largest chunk
     the cache takes. Host state: :attr:`occupied` (frames held, the same for every block between
     chunks).
 
@@ -118,15 +120,18 @@ class RotatedSinkKVCache:
         p = self.grid[0] * self.grid[1]
         n = policy.slots + chunk
         self.capacity = n
-        shape = (num_layers, batch_size, n, p, heads, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, n, p, heads, head_dim)
+        # One tensor per block (not one [L, ...] tensor): under torch.compile each block's
+        # in-place writes then touch its own graph input only, which Inductor keeps in place.
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.num_layers = num_layers
         self.occupied = 0  # frames held before the current chunk (host int, never read from the device)
         self._next_update = 0  # the block whose update comes next on a refresh
         # RoPE tables, once: every slot's full angles (a chunk's q/k), and the temporal angles of
         # the moves -N..0 (re-rotation of moved frames and the fold), cos/sin in the compute dtype.
         cd = _compute_dtype(dtype)
-        dev = self.keys.device
+        dev = self.keys[0].device
         ang = rope_angles(torch.arange(n, device=dev), *self.grid, head_dim, self.rope_theta)  # [N*P, D/2]
         self._cos, self._sin = ang.cos().to(cd), ang.sin().to(cd)
         self._dt = rope_axis_dims(head_dim)[0]
@@ -268,7 +273,7 @@ class RotatedSinkKVCache:
         keys[:, start : start + f].copy_(self._rope(k, start, f).reshape(b, f, p, h, d))
         values[:, start : start + f].copy_(v.reshape(b, f, p, h, d))
         self._next_update += 1
-        if self._next_update == self.keys.shape[0]:
+        if self._next_update == self.num_layers:
             self._next_update = 0
             self.occupied = min(m + f, slots)
 
@@ -310,15 +315,15 @@ class RotatedSinkKVCache:
         """An independent copy (its own K/V tensors and host state; the RoPE tables are shared,
         they are never written)."""
         snap = copy.copy(self)
-        snap.keys, snap.values = self.keys.clone(), self.values.clone()
+        snap.keys, snap.values = [k.clone() for k in self.keys], [v.clone() for v in self.values]
         return snap
 
     @property
     def batch_size(self) -> int:
-        return self.keys.shape[1]
+        return self.keys[0].shape[0]
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.keys, self.values)
+        return (*self.keys, *self.values)
 
     def nbytes(self) -> int:
         """Bytes held by the cache's K/V buffers (constant for the cache's lifetime; the RoPE
