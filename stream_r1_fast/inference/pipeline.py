@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from stream_r1_fast.cache import CachePolicy, SinkKVCache
+from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
 from stream_r1_fast.inference.sampler import FlowMatchSampler
 from stream_r1_fast.inference.text import PromptEncoder, as_prompt_list
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames
@@ -99,7 +99,10 @@ class StreamChunk:
     index: chunk number in the stream (0-based). latents: clean latents [B, C, Fq, h, w]
     (float32, on the model's device). frames: uint8 [B, T, H, W, 3] on the CPU, or None
     without decoding. first_frame: index of the chunk's first video frame in the stream.
-    prompts: the prompt of each stream for this chunk.
+    prompts: the prompt of each stream for this chunk (always a list of str).
+    prompt_since: the chunk at which these prompts took effect (``== index`` on the chunk where
+    a switch took effect: switches happen at chunk boundaries). recached: a KV recache
+    (:meth:`StreamingPipeline.stream`'s ``recache``) ran before this chunk, under its prompts.
     """
 
     index: int
@@ -107,6 +110,17 @@ class StreamChunk:
     frames: torch.Tensor | None
     first_frame: int
     prompts: list[str]
+    prompt_since: int = 0
+    recached: bool = False
+
+
+def _checked_prompts(prompts, chunk: int) -> list[str]:
+    out = as_prompt_list(prompts, f"the prompt of chunk {chunk}")
+    for b, p in enumerate(out):
+        if not p.strip():
+            raise ValueError(f"the prompt of chunk {chunk}" + (f" (stream {b})" if len(out) > 1 else "")
+                             + f" is empty: {p!r}")
+    return out
 
 
 class PromptSchedule:
@@ -153,6 +167,14 @@ class PromptSchedule:
         """The prompts that start at ``chunk``, or None if nothing changes there."""
         return self.entries.get(chunk)
 
+    def take(self, chunk: int) -> tuple[list[str], bool | None] | None:
+        """What the chunk loop reads before chunk ``chunk``: None if the prompts do not change
+        there, else ``(prompts, recache)`` — the prompts as a list of non-empty str (an entry
+        added to :attr:`entries` after the schedule was built is checked here, and a plain
+        str stays one prompt) and whether to recache (None: the stream's ``recache``)."""
+        prompts = self.at(chunk)
+        return None if prompts is None else (_checked_prompts(prompts, chunk), None)
+
 
 class StreamingPipeline:
     """Causal Wan transformer + sampler + KV cache (+ UMT5 text encoder, + Wan VAE).
@@ -169,6 +191,13 @@ class StreamingPipeline:
     ``{"mode": "max-autotune-no-cudagraphs"}``); the step has fixed shapes for the whole
     stream (the cache tensors never change size), so it compiles once. The noise of a chunk
     is drawn before its step (a ``torch.Generator`` cannot be traced).
+
+    ``cache_impl``: the KV cache storage, same semantics either way: ``"fused"`` (default,
+    :class:`~stream_r1_fast.cache.SinkKVCache`: pre-RoPE K/V and the fused ``sink_attention``
+    / ``ema_cache_update`` ops) or ``"rotated"`` (opt-in,
+    :class:`~stream_r1_fast.cache.RotatedSinkKVCache`: keys stored rotated, one dense
+    ``scaled_dot_product_attention`` per block, PyTorch ops only). With ``compile_step`` the
+    rotated cache compiles once per fill phase (3 at the defaults), then reuses the last.
     """
 
     def __init__(
@@ -181,8 +210,11 @@ class StreamingPipeline:
         chunk_frames: int = 3,
         compile_step: bool = False,
         compile_options: dict | None = None,
+        cache_impl: str = "fused",
     ):
-        self._check_options(chunk_frames=chunk_frames, compile_step=compile_step, compile_options=compile_options)
+        self._check_options(chunk_frames=chunk_frames, compile_step=compile_step, compile_options=compile_options,
+                            cache_impl=cache_impl)
+        self.cache_impl = resolve_cache_impl(cache_impl)
         self.transformer = transformer.eval()
         self.vae = vae.eval() if vae is not None else None
         self.prompt_encoder = prompt_encoder
@@ -209,6 +241,8 @@ class StreamingPipeline:
             raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
         if options.get("compile_options") is not None and not options.get("compile_step", False):
             raise ValueError("compile_options are given but compile_step is False")
+        if "cache_impl" in options:
+            resolve_cache_impl(options["cache_impl"])
         sampler = options.get("sampler")
         if sampler is not None and not isinstance(sampler, FlowMatchSampler):
             raise TypeError(f"sampler must be a FlowMatchSampler, got {type(sampler).__name__}")
@@ -405,14 +439,15 @@ class StreamingPipeline:
         seed: int | Sequence[int] | None = None,
         policy: CachePolicy = CachePolicy(),
         decode: bool = True,
+        recache: bool = False,
     ) -> Iterator[StreamChunk]:
         """Generate chunk after chunk; each ``next()`` does one chunk's denoising steps and
         refresh (and its VAE decode).
 
         Args:
             prompt: a prompt; a list of prompts (a batch of streams); or a schedule
-                ``{chunk: prompt(s)}`` switching prompts at chunk boundaries (the self-attention
-                cache is kept, the text K/V replaced).
+                ``{chunk: prompt(s)}`` switching prompts at chunk boundaries (the text K/V
+                replaced; the self-attention cache kept, or re-encoded with ``recache``).
             num_chunks: chunks to make; None streams until the caller stops iterating.
             height, width: video size in pixels (multiples of 16 for Wan).
             seed: an int (one generator for the batch), one int per stream, or None
@@ -428,7 +463,15 @@ class StreamingPipeline:
             policy: sink frames, window frames, EMA alpha of the KV cache; the window must hold
                 a chunk.
             decode: decode frames with the VAE (needs one); otherwise ``frames`` is None.
+            recache: at every prompt switch after chunk 0, re-encode the cached frames under
+                the new prompt (LongLive's KV recache, :meth:`_recache`) before the chunk where
+                the switch takes effect, so that their self-attention K/V stop carrying the old
+                prompt's conditioning; off, a switch only replaces the text K/V. Each chunk
+                says where its prompts took effect (``prompt_since``) and whether a recache
+                ran before it (``recached``).
         """
+        if not isinstance(recache, bool):
+            raise TypeError(f"recache must be True or False, got {recache!r}")
         schedule = PromptSchedule.of(prompt)
         batch = schedule.batch_size()
         if num_chunks is not None and (isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1):
@@ -444,7 +487,7 @@ class StreamingPipeline:
         lat_h, lat_w = self._latent_size(height, width)
         self._check_prompts(schedule)
         generator = self._generators(seed, batch)
-        return self._run(schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode)
+        return self._run(schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode, recache)
 
     def _check_prompts(self, schedule: PromptSchedule) -> None:
         """Every prompt of the schedule against the text encoder, before the first chunk: an
@@ -473,9 +516,10 @@ class StreamingPipeline:
             return [torch.Generator(device=dev).manual_seed(s) for s in seed]
         raise TypeError(f"seed must be an int, a list of ints (one per stream) or None, got {seed!r}")
 
-    def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode) -> Iterator[StreamChunk]:
+    def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode,
+             recache=False) -> Iterator[StreamChunk]:
         model = self.transformer
-        cache = SinkKVCache.for_model(model, batch, lat_h, lat_w, policy)
+        cache = self.cache_impl.for_model(model, batch, lat_h, lat_w, policy, chunk_frames=self.chunk_frames)
         decoder = None
         if decode:
             make = getattr(self.vae, "streaming_decoder", None)
@@ -483,18 +527,75 @@ class StreamingPipeline:
         shape = (batch, model.config.in_channels, self.chunk_frames, lat_h, lat_w)
         times = self.sampler.time_contexts(model, batch, self.chunk_frames)
         text, prompts = None, None
-        first_frame, n = 0, 0
+        first_frame, n, since = 0, 0, 0
+        # The clean latents of the last (sink + window) frames, for a recache (bounded: a few chunks);
+        # kept when a switch may ask for one (a live stream may at any switch).
+        history = LatentHistory(policy.sink_frames + policy.window_frames) \
+            if recache or isinstance(schedule, LivePromptSchedule) else None
         while num_chunks is None or n < num_chunks:
-            switch = schedule.at(n)
+            switch, recached = schedule.take(n), False
             if switch is not None:
-                new_text, prompts = self._text(switch, batch)
+                new_prompts, want = switch
+                with torch.no_grad():  # the generator runs outside stream()'s no_grad
+                    new_text, prompts = self._text(new_prompts, batch)
                 text = new_text if text is None else text.copy_(new_text)
+                since = n
+                if n > 0 and (recache if want is None else want):
+                    recached = self._recache(cache, history, text, times, policy)
             noise = self.sampler.draw_chunk_noise(shape, generator, device=self.device)
             x0 = self.chunk_step(model, noise, text, cache, times)
+            if history is not None:
+                history.add(x0)
             frames = to_uint8_frames(decoder.decode(x0)) if decoder is not None else None
-            yield StreamChunk(n, x0, frames, first_frame, list(prompts))
+            yield StreamChunk(n, x0, frames, first_frame, list(prompts), since, recached)
             first_frame += frames.shape[1] if frames is not None else 0
             n += 1
+
+    @torch.no_grad()
+    def _recache(self, cache, history: "LatentHistory | None", text, times, policy: CachePolicy) -> bool:
+        """LongLive's KV recache at a prompt switch: rebuild the self-attention cache from the
+        clean latents of the frames it holds, re-run through the context refresh (t = 0,
+        ``update_cache=True``) under the new prompt's ``text``, in their order and in the
+        chunks they were made in (a frame's K/V depend on the frames of its chunk and on the
+        cache before it). Returns whether anything was recomputed.
+
+        What is recomputed, with S sink and W window frames after F frames made:
+
+        * F <= S + W (nothing evicted yet): the cache holds frames 0..F-1 exactly (the sink is
+          the first frames, nothing folded into it): it is emptied (``reset()``) and every frame
+          re-fed from frame 0, sink included — what the cache would hold had these latents
+          been made under the new prompt.
+        * F > S + W: the window (the last W frames) is emptied and re-fed after the sink; the
+          **sink is kept as it is**. Under EMA (alpha < 1) the sink is a running fold of every
+          frame evicted since the start, which the latents of a bounded history cannot
+          recompute; a static sink (alpha = 1) is kept too, as LongLive keeps its frame sink
+          (it rewrites the sink only when the recached frames start at frame 0, the case
+          above). The window is re-fed against that sink, so the frames attend to what they
+          will be attended with.
+
+        Positions are window-relative, so the rebuilt cache has the positions of the one it
+        replaces. Cost: one refresh forward per recached chunk (the window's, at most
+        ceil((S + W) / chunk_frames) + 1 forwards)."""
+        if history is None or not history.chunks:
+            return False
+        model, cf = self.transformer, self.chunk_frames
+        s, w = policy.sink_frames, policy.window_frames
+        made = history.end
+        if made <= s + w or s == 0:
+            cache.reset()
+            start = 0 if made <= s + w else made - w
+        else:
+            _clear_window(cache, s)
+            start = made - w
+        batch = history.chunks[0][1].shape[0]
+        for first, x0 in history.chunks:
+            lo = max(start - first, 0)
+            if lo >= x0.shape[2]:
+                continue
+            piece = x0[:, :, lo:]
+            t = times[-1] if piece.shape[2] == cf else model.time_context(0.0, batch, piece.shape[2])
+            model.forward_chunk(piece, t, text, cache, update_cache=True)
+        return True
 
     def generate(self, prompt, num_frames: int, **kwargs) -> torch.Tensor:
         """A whole video: uint8 [B, num_frames, H, W, 3] (convenience over :meth:`stream`)."""
@@ -503,10 +604,50 @@ class StreamingPipeline:
 
     def open_stream(self, prompt: str | Sequence[str], **kwargs) -> "LiveStream":
         """A live stream (for an interactive viewer): ``next(live)`` makes one chunk,
-        ``live.switch(prompt)`` changes the prompt from the next chunk boundary on (from any
-        thread), ``live.close()`` ends it and frees its cache. ``kwargs``: those of
-        :meth:`stream` (``num_chunks`` defaults to None: until closed)."""
+        ``live.switch(prompt, recache=None)`` changes the prompt from the next chunk boundary on
+        (from any thread), ``live.close()`` ends it and frees its cache. ``kwargs``: those of
+        :meth:`stream` (``num_chunks`` defaults to None: until closed; ``recache``: the default
+        of every switch)."""
         return LiveStream(self, prompt, **kwargs)
+
+
+class LatentHistory:
+    """The clean latents of the last ``frames`` latent frames of a stream, by chunk: what a KV
+    recache re-encodes. Holds whole chunks, the fewest that cover the last ``frames`` frames
+    (at most ``frames + chunk_frames - 1`` frames); ``end``: latent frames made so far."""
+
+    def __init__(self, frames: int):
+        self.frames = frames
+        self.chunks: list[tuple[int, torch.Tensor]] = []  # (first latent frame, latents [B, C, f, h, w])
+        self.end = 0
+
+    def add(self, x0: torch.Tensor) -> None:
+        self.chunks.append((self.end, x0.detach().clone()))  # the caller may change the chunk it is handed
+        self.end += x0.shape[2]
+        while self.chunks and self.end - (self.chunks[0][0] + self.chunks[0][1].shape[2]) >= self.frames:
+            self.chunks.pop(0)
+
+    def held_frames(self) -> int:
+        return sum(x.shape[2] for _, x in self.chunks)
+
+
+def _clear_window(cache, sink_frames: int) -> None:
+    """Empty the window of a cache whose sink is full, keeping the sink's K/V as they are: the
+    next ``update`` writes the window from its first slot, at the positions after the sink."""
+    from stream_r1_fast.cache import RotatedSinkKVCache, SinkKVCache
+
+    if isinstance(cache, SinkKVCache):  # state per block: (sink_filled, ring_start, ring_count, next_pos)
+        cache.positions[:, sink_frames:] = -1
+        cache.state[:, 1:3] = 0
+        cache.state[:, 3] = cache.state[:, 0]
+    elif isinstance(cache, RotatedSinkKVCache):  # age-ordered frames, the sink first
+        cache.occupied = min(cache.occupied, sink_frames)
+        cache._next_update = 0
+    elif callable(getattr(cache, "clear_window", None)):
+        cache.clear_window()
+    else:
+        raise NotImplementedError(f"a KV recache that keeps the sink needs a SinkKVCache, a RotatedSinkKVCache "
+                                  f"or a cache with clear_window(); got {type(cache).__name__}")
 
 
 # ---------------------------------------------------------------------- live streams
@@ -514,35 +655,46 @@ class StreamingPipeline:
 
 class LivePromptSchedule(PromptSchedule):
     """A prompt schedule that can be changed while its stream runs: :meth:`set` queues prompts
-    for the next chunk the stream starts. Thread-safe; the chunk loop of
-    :meth:`StreamingPipeline.stream` reads it through :meth:`at` as it reads any schedule."""
+    for the next chunk the stream starts (with or without a recache). Thread-safe; the chunk
+    loop of :meth:`StreamingPipeline.stream` reads it through :meth:`take` as it reads any
+    schedule, so a schedule fixed in advance and live switches take the same path."""
 
     def __init__(self, prompt: str | Sequence[str]):
         super().__init__({0: prompt})
         self._lock = threading.Lock()
-        self._pending: list[str] | None = None
+        self._pending: tuple[list[str], bool | None] | None = None
         self.last_change = 0  # the chunk at which the prompts in force took effect
 
-    def set(self, prompts: list[str]) -> None:
+    def set(self, prompts: str | Sequence[str], recache: bool | None = None) -> None:
+        """Queue ``prompts`` (a str is one prompt) for the next chunk that starts; ``recache``:
+        whether to recache there (None: the stream's default). A later call before that chunk
+        replaces this one."""
+        prompts = as_prompt_list(prompts)
+        for p in prompts:
+            if not p.strip():
+                raise ValueError(f"the prompt is empty: {p!r}")
         with self._lock:
-            self._pending = list(prompts)
+            self._pending = (prompts, recache)
 
-    def at(self, chunk: int) -> list[str] | None:
+    def take(self, chunk: int) -> tuple[list[str], bool | None] | None:
         if chunk == 0:
-            return self.entries[0]
+            return list(self.entries[0]), None
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
             self.last_change = chunk
         return pending
 
+    def at(self, chunk: int) -> list[str] | None:
+        taken = self.take(chunk)
+        return None if taken is None else taken[0]
+
 
 @dataclasses.dataclass
 class LiveChunk(StreamChunk):
-    """A :class:`StreamChunk` of a live stream; ``prompt_since``: the chunk at which this chunk's
-    prompts took effect (``== index`` on the chunk where a switch took effect)."""
-
-    prompt_since: int = 0
+    """A :class:`StreamChunk` of a live stream (``prompt_since``: the chunk at which this chunk's
+    prompts took effect, ``== index`` on the chunk where a switch took effect; ``recached``: a
+    KV recache ran before it)."""
 
 
 class LiveStream:
@@ -555,12 +707,14 @@ class LiveStream:
     at once or when that chunk is done.
     """
 
-    def __init__(self, pipe: "StreamingPipeline", prompt: str | Sequence[str], *, num_chunks: int | None = None, **kwargs):
+    def __init__(self, pipe: "StreamingPipeline", prompt: str | Sequence[str], *, num_chunks: int | None = None,
+                 recache: bool = False, **kwargs):
         self.pipe = pipe
         self.schedule = LivePromptSchedule(prompt)
         self.batch = self.schedule.batch_size()
         self.check(self.schedule.entries[0])
-        self._gen = pipe.stream(self.schedule, num_chunks=num_chunks, **kwargs)
+        self.recache = recache
+        self._gen = pipe.stream(self.schedule, num_chunks=num_chunks, recache=recache, **kwargs)
         self._step_lock = threading.Lock()
         self._closed = False
         self.chunks_made = 0
@@ -590,13 +744,18 @@ class LiveStream:
                 encoder(prompts)  # raises for what it cannot encode (an encoder with a cache keeps the result)
         return prompts
 
-    def switch(self, prompt: str | Sequence[str]) -> None:
+    def switch(self, prompt: str | Sequence[str], recache: bool | None = None) -> None:
         """Use ``prompt`` from the next chunk that starts (the text conditioning is re-encoded
-        there; the self-attention cache is kept). Raises (and changes nothing) for a prompt the
-        text encoder cannot take."""
+        there). ``recache``: re-encode the cached frames under the new prompt there too
+        (:meth:`StreamingPipeline._recache`; None: the stream's ``recache``); otherwise the
+        self-attention cache is kept as it is. The chunk where the switch took effect has
+        ``prompt_since == index`` (and ``recached``). Raises (and changes nothing) for a prompt
+        the text encoder cannot take."""
         if self._closed:
             raise RuntimeError("the live stream is closed")
-        self.schedule.set(self.check(prompt))
+        if recache is not None and not isinstance(recache, bool):
+            raise TypeError(f"recache must be True, False or None, got {recache!r}")
+        self.schedule.set(self.check(prompt), recache)
 
     def __iter__(self) -> "LiveStream":
         return self
@@ -612,8 +771,7 @@ class LiveStream:
                     self._release()
                     raise
                 self.chunks_made += 1
-                fields = {f.name: getattr(chunk, f.name) for f in dataclasses.fields(StreamChunk)}
-                return LiveChunk(**fields, prompt_since=self.schedule.last_change)
+                return LiveChunk(**{f.name: getattr(chunk, f.name) for f in dataclasses.fields(StreamChunk)})
         finally:
             if self._closed and self._gen is not None:  # closed while this chunk was being made
                 self.close()
