@@ -4,7 +4,15 @@
         --prompt "a red fox runs through snow" --seconds 10 --seed 0 --output fox.mp4
 
 writes ``fox.mp4`` and a contact sheet ``fox.png``, and ends with one line giving the time to
-first frame and the sustained frame rate, saying what each includes. Whatever can be checked
+first frame and the sustained frame rate, saying what each includes. Frames go to the mp4 as
+each chunk is made and the contact sheet keeps only its 24 frames, so host memory does not grow
+with the video's length.
+
+    stream-r1 generate --model ... --prompts vbench.txt --num-samples 5 --output-dir out/ --batch-size 4
+
+writes ``out/{prompt}-{i}.mp4`` for every prompt of the file and i in 0..4 (VBench's layout;
+:func:`plan_samples` gives the naming rule), ``--batch-size`` streams at a time, and skips the
+videos that already exist, so an interrupted run resumes where it stopped. Whatever can be checked
 without the weights (the model folder, the checkpoint path, every prompt, sizes, the device,
 the output folder, ffmpeg) is checked before the model loads; a bad option or input, or a
 failed write, is one line naming the option and exit status 2 (``--debug``: the traceback).
@@ -108,20 +116,122 @@ def read_prompt_schedule(path: str | Path, chunk_seconds: float,
     return schedule
 
 
+def contact_sheet_indices(num_frames: int, count: int = 24) -> list[int]:
+    """The ``count`` frame indices (fewer for a shorter video) spread evenly over ``num_frames``,
+    first and last included."""
+    t, n = num_frames, min(count, num_frames)
+    return sorted({round(i * (t - 1) / max(n - 1, 1)) for i in range(n)})
+
+
+class ContactSheet:
+    """A contact sheet of a video of known length, collected as its frames pass: only the
+    frames of :func:`contact_sheet_indices` are kept (copied), so memory is ``count`` frames
+    whatever the length."""
+
+    def __init__(self, num_frames: int, count: int = 24, columns: int = 6):
+        self.wanted = contact_sheet_indices(num_frames, count)
+        self.columns = columns
+        self.frames: dict[int, object] = {}
+
+    def offer(self, first: int, frames) -> None:
+        """Frames ``first, first + 1, ...`` of the video (uint8 [T, H, W, 3])."""
+        import numpy as np
+
+        for i in self.wanted:
+            if first <= i < first + len(frames):
+                self.frames[i] = np.array(frames[i - first], copy=True)
+
+    @property
+    def held(self) -> int:
+        return len(self.frames)
+
+    def save(self, path: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        missing = [i for i in self.wanted if i not in self.frames]
+        if missing:
+            raise ValueError(f"the contact sheet lacks frames {missing[:4]}... (the video is shorter than announced)")
+        rows = math.ceil(len(self.wanted) / self.columns)
+        h, w = self.frames[self.wanted[0]].shape[:2]
+        sheet = np.zeros((rows * h, self.columns * w, 3), dtype=np.uint8)
+        for n, i in enumerate(self.wanted):
+            r, c = divmod(n, self.columns)
+            sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = self.frames[i]
+        Image.fromarray(sheet).save(path)
+
+
 def contact_sheet(frames, path: Path, columns: int = 6, count: int = 24) -> None:
     """A PNG grid of ``count`` frames sampled evenly from uint8 [T, H, W, 3]."""
-    import numpy as np
-    from PIL import Image
+    sheet = ContactSheet(frames.shape[0], count, columns)
+    sheet.offer(0, frames)
+    sheet.save(path)
 
-    t = frames.shape[0]
-    idx = sorted({round(i * (t - 1) / max(count - 1, 1)) for i in range(min(count, t))})
-    rows = math.ceil(len(idx) / columns)
-    h, w = frames.shape[1:3]
-    sheet = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
-    for n, i in enumerate(idx):
-        r, c = divmod(n, columns)
-        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = frames[i]
-    Image.fromarray(sheet).save(path)
+
+# ---------------------------------------------------------------------- batch generation (--prompts)
+
+MAX_NAME_BYTES = 180  # of a sample's prompt part: room for "-{i}.mp4" and the hidden partial name under 255
+
+
+def sample_stem(prompt: str) -> str:
+    """The file-name form of a prompt: ``/``, ``\\`` and control characters (newlines, tabs,
+    NUL) become ``_``, the ends are stripped of whitespace; everything else is kept as it is (so
+    on POSIX a VBench prompt is its own file name). Over :data:`MAX_NAME_BYTES` bytes of UTF-8
+    it is cut at a character boundary to ``MAX_NAME_BYTES - 9`` bytes and ``~`` + the first 8
+    hex digits of the prompt's SHA-1 are appended (two long prompts sharing a beginning stay
+    apart)."""
+    import hashlib
+    import unicodedata
+
+    name = "".join("_" if c in "/\\" or unicodedata.category(c) in ("Cc", "Cs") else c for c in prompt).strip()
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = name.encode("utf-8")[: MAX_NAME_BYTES - 9].decode("utf-8", "ignore").rstrip() + "~" + digest
+    return name
+
+
+class Sample:
+    """One video of a batch run: ``path`` (``{stem}-{index}.mp4``), the ``text`` generated
+    from, its ``seed``, and where its prompt was read (``file:line``)."""
+
+    def __init__(self, path: Path, text: str, seed: int, index: int, where: str):
+        self.path, self.text, self.seed, self.index, self.where = path, text, seed, index, where
+
+    def done(self) -> bool:
+        """A finished video is there. Videos are written under a hidden temporary name and
+        renamed only once complete, so any non-empty file of this name is a finished one."""
+        return self.path.is_file() and self.path.stat().st_size > 0
+
+    def __repr__(self) -> str:
+        return f"Sample({str(self.path)!r}, seed={self.seed})"
+
+
+def plan_samples(entries, num_samples: int, seed: int, output_dir: Path) -> list[Sample]:
+    """Every video of ``--prompts``, in file order: prompt after prompt, samples 0..K-1 each.
+
+    Name: ``{sample_stem(prompt)}-{i}.mp4``, ``prompt`` being the line (``.txt``) or the
+    ``prompt`` field (``.jsonl``; the ``extended_prompt``, when given, is what is generated
+    from). The same prompt on several lines continues the numbering (its second line's
+    samples are K..2K-1), so no video is written twice; two different prompts with the same
+    stem (after the character replacements or the cut) keep apart by ``~`` + 8 hex digits of
+    the SHA-1 of the later one. Seeds: sample i gets ``base + i``, ``base`` the line's
+    ``seed`` (``.jsonl``) or else ``--seed``."""
+    import hashlib
+
+    samples, owner, uses = [], {}, {}
+    for e in entries:
+        prompt = e.prompt if e.prompt is not None else e.text
+        stem = sample_stem(prompt)
+        if owner.setdefault(stem, prompt) != prompt:
+            stem = f"{stem}~{hashlib.sha1(prompt.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+            if owner.setdefault(stem, prompt) != prompt:
+                raise UsageError(f"--prompts: {e.where}: its file name {stem!r} is taken by another prompt")
+        first = uses.get(stem, 0)
+        uses[stem] = first + num_samples
+        base = seed if e.seed is None else e.seed
+        for i in range(first, first + num_samples):
+            samples.append(Sample(output_dir / f"{stem}-{i}.mp4", e.text, base + i, i, e.where))
+    return samples
 
 
 def _read_json(path: Path, option: str) -> dict:
@@ -283,19 +393,52 @@ def check_output(output: Path) -> None:
     for p in (output, output.with_suffix(".png")):
         if p.is_dir():
             raise UsageError(f"--output {output}: {p} is a folder")
+    _check_writable_folder(output.parent, f"--output {output}")
+    _check_ffmpeg(f"--output {output}")
+
+
+def _check_writable_folder(folder: Path, option: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option}: {folder} is not a folder")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=output.parent, prefix=".stream-r1-probe-")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".stream-r1-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"--output {output}: cannot write in {output.parent}: {exc.strerror or exc}") from None
+        raise UsageError(f"{option}: cannot write in {folder}: {exc.strerror or exc}") from None
+
+
+def _check_ffmpeg(option: str) -> None:
     try:
         import imageio_ffmpeg
 
         imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as exc:
-        raise UsageError(f"--output {output}: writing mp4 needs ffmpeg (pip install imageio-ffmpeg): {_one_line(exc)}") from None
+        raise UsageError(f"{option}: writing mp4 needs ffmpeg (pip install imageio-ffmpeg): {_one_line(exc)}") from None
+
+
+def _check_batch_options(args) -> None:
+    """Which options go with which prompt source (cheap: before anything is read)."""
+    batch_only = [o for o, v in (("--output-dir", args.output_dir), ("--num-samples", args.num_samples),
+                                 ("--batch-size", args.batch_size)) if v is not None]
+    if args.prompts is None:
+        if batch_only:
+            raise UsageError(f"{batch_only[0]} goes with --prompts (batch generation from a prompt file)")
+        if args.output is None:
+            raise UsageError("--output is required with --prompt / --prompt-schedule (the .mp4 to write)")
+        if args.recache and args.prompt_schedule is None:
+            raise UsageError("--recache acts at prompt switches: it goes with --prompt-schedule")
+        return
+    if args.output is not None:
+        raise UsageError("--output writes one video; with --prompts give --output-dir (videos {prompt}-{i}.mp4)")
+    if args.output_dir is None:
+        raise UsageError("--prompts needs --output-dir (where the videos {prompt}-{i}.mp4 go)")
+    if args.recache:
+        raise UsageError("--recache acts at prompt switches: it goes with --prompt-schedule, not --prompts")
+    for name, value in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
 
 
 def check_generate_args(args) -> dict:
@@ -304,8 +447,11 @@ def check_generate_args(args) -> dict:
     from stream_r1_fast.cache import CachePolicy
     from stream_r1_fast.inference import FlowMatchSampler
 
+    _check_batch_options(args)
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         raise UsageError(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if not 1 <= args.fps <= 1000:
+        raise UsageError(f"--fps must be in [1, 1000], got {args.fps}")
     if not 0 <= args.seed < 2**64:
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.sink < 0:
@@ -333,12 +479,15 @@ def check_generate_args(args) -> dict:
     for name, value, mult in (("--height", args.height, mult_h), ("--width", args.width, mult_w)):
         if value <= 0 or value % mult:
             raise UsageError(f"{name} must be a positive multiple of {mult} pixels for this model, got {value}")
-    num_frames = max(1, round(args.seconds * FPS))
+    fps = args.fps
+    num_frames = max(1, round(args.seconds * fps))
     chunks = math.ceil((1 + math.ceil((num_frames - 1) / t_factor)) / CHUNK_FRAMES)
     prompt = args.prompt
+    if args.prompts:
+        return _check_batch_args(args, dict(sampler=sampler, policy=policy, num_frames=num_frames, fps=fps))
     if args.prompt_schedule:
         try:
-            chunk_s, first_s = CHUNK_FRAMES * t_factor / FPS, (1 + (CHUNK_FRAMES - 1) * t_factor) / FPS
+            chunk_s, first_s = CHUNK_FRAMES * t_factor / fps, (1 + (CHUNK_FRAMES - 1) * t_factor) / fps
             prompt = read_prompt_schedule(args.prompt_schedule, chunk_s, first_s)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--prompt-schedule: {_one_line(exc)}") from None
@@ -356,7 +505,30 @@ def check_generate_args(args) -> dict:
     device = check_device(args.device)
     output = Path(args.output)
     check_output(output)
-    return dict(sampler=sampler, policy=policy, num_frames=num_frames, prompt=prompt, device=device, output=output)
+    return dict(sampler=sampler, policy=policy, num_frames=num_frames, prompt=prompt, device=device, output=output,
+                fps=fps)
+
+
+def _check_batch_args(args, run: dict) -> dict:
+    """The rest of :func:`check_generate_args` for ``--prompts``: the file read and every line
+    checked (errors name ``file:line``), the videos planned and the finished ones found, the
+    prompts tokenized, the device and the output folder checked."""
+    from stream_r1_fast.prompts import read_prompt_file
+
+    entries = read_prompt_file(args.prompts, "--prompts", error=UsageError)
+    k = 1 if args.num_samples is None else args.num_samples
+    out = Path(args.output_dir)
+    samples = plan_samples(entries, k, args.seed, out)
+    big = max(samples, key=lambda x: x.seed)
+    if big.seed >= 2**64:
+        raise UsageError(f"--prompts: {big.where}: seed {big.seed} of {big.path.name} is past 2**64 - 1")
+    check_prompt_tokens(args.model, [e.text for e in entries], "--prompts")
+    device = check_device(args.device)
+    _check_writable_folder(out, f"--output-dir {out}")
+    _check_ffmpeg(f"--output-dir {out}")
+    todo = [x for x in samples if not x.done()]
+    return dict(run, samples=samples, todo=todo, device=device, output_dir=out,
+                batch_size=1 if args.batch_size is None else args.batch_size)
 
 
 class _VideoFile:
@@ -365,10 +537,10 @@ class _VideoFile:
     cannot open its output) is a :class:`UsageError` naming ``path``, and ``path`` is never left
     half written."""
 
-    def __init__(self, path: Path, fps: int):
+    def __init__(self, path: Path, fps: int, option: str = "--output"):
         import imageio.v2 as imageio
 
-        self.path = path
+        self.path, self.option = path, option
         self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.mp4")
         self._writer = None
         self._writer = self._do(lambda: imageio.get_writer(str(self.tmp), fps=fps, codec="libx264", quality=8,
@@ -379,7 +551,7 @@ class _VideoFile:
             return fn()
         except (OSError, RuntimeError, ValueError) as exc:
             self.discard()
-            raise UsageError(f"--output {self.path}: writing the video failed: {_one_line(exc)}") from exc
+            raise UsageError(f"{self.option} {self.path}: writing the video failed: {_one_line(exc)}") from exc
 
     def append(self, frame) -> None:
         self._do(lambda: self._writer.append_data(frame))
@@ -389,7 +561,8 @@ class _VideoFile:
         self._writer = None
         if not (self.tmp.is_file() and self.tmp.stat().st_size > 0):
             self.discard()
-            raise UsageError(f"--output {self.path}: writing the video failed: ffmpeg wrote nothing (its message is above)")
+            raise UsageError(f"{self.option} {self.path}: writing the video failed: ffmpeg wrote nothing "
+                             "(its message is above)")
         self._do(lambda: os.replace(self.tmp, self.path))
 
     def discard(self) -> None:
@@ -403,7 +576,6 @@ class _VideoFile:
 
 
 def _generate(args) -> int:
-    import numpy as np
     import torch
     from safetensors import SafetensorError
     from tqdm import tqdm
@@ -412,13 +584,16 @@ def _generate(args) -> int:
     from stream_r1_fast.models.loading import CheckpointError
 
     run = check_generate_args(args)  # everything that can be checked without the weights
+    if args.prompts and not run["todo"]:
+        print(f"nothing to do: all {len(run['samples'])} videos are in {run['output_dir']}")
+        return 0
     if args.quiet:  # the libraries' loading bars too
         import diffusers
         import transformers
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    output, num_frames, sampler = run["output"], run["num_frames"], run["sampler"]
+    num_frames, sampler, fps = run["num_frames"], run["sampler"], run["fps"]
     t_load = time.perf_counter()
     try:
         pipe = StreamingPipeline.from_pretrained(
@@ -435,15 +610,19 @@ def _generate(args) -> int:
         raise UsageError(f"{where}: cannot load: {_one_line(exc)}") from exc
     load_s = time.perf_counter() - t_load
     chunks = pipe.chunks_for_frames(num_frames)
+    if args.prompts:
+        return _generate_batch(args, run, pipe, chunks, load_s)
+    output = run["output"]
 
-    video = _VideoFile(output, FPS)
-    kept, written, sheet_frames = [], 0, []
+    video = _VideoFile(output, fps)
+    sheet = ContactSheet(num_frames)  # its frames only: host memory does not grow with the video
+    kept, written = 0, 0
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     first_s, gen_s = None, 0.0
     try:
         stream = pipe.stream(run["prompt"], num_chunks=chunks, height=args.height, width=args.width, seed=args.seed,
-                             policy=run["policy"])
+                             policy=run["policy"], recache=args.recache)
         with tqdm(total=num_frames, unit="frame", desc="generating", disable=args.quiet) as bar:
             t_chunk = time.perf_counter()
             for chunk in stream:
@@ -457,8 +636,8 @@ def _generate(args) -> int:
                 frames = frames[: num_frames - written]
                 for f in frames:
                     video.append(f)
+                sheet.offer(written, frames)
                 written += len(frames)
-                sheet_frames.append(frames)
                 bar.update(len(frames))
                 if chunk.index == 0:
                     kept = len(frames)
@@ -467,19 +646,67 @@ def _generate(args) -> int:
     finally:
         video.discard()  # after a failure or an interrupt: no partial file left behind
 
-    sheet = output.with_suffix(".png")
+    sheet_path = output.with_suffix(".png")
     try:
-        contact_sheet(np.concatenate(sheet_frames), sheet)
+        sheet.save(sheet_path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--output {output}: writing the contact sheet {sheet} failed: {_one_line(exc)}") from exc
+        raise UsageError(f"--output {output}: writing the contact sheet {sheet_path} failed: {_one_line(exc)}") from exc
     later = written - kept
-    fps = f"{later / gen_s:.2f} FPS over {later} frames after the first chunk" if later and gen_s > 0 else "n/a (one chunk)"
-    print(f"wrote {output} ({written} frames, {written / FPS:.2f} s at {FPS} fps) and {sheet}")
+    rate = f"{later / gen_s:.2f} FPS over {later} frames after the first chunk" if later and gen_s > 0 else "n/a (one chunk)"
+    print(f"wrote {output} ({written} frames, {written / fps:.2f} s at {fps} fps) and {sheet_path}")
     print(
         f"time to first frame {first_s:.2f} s (text encoding + first chunk's {sampler.forwards_per_chunk} "
-        f"transformer forwards + VAE decode, model loading ({load_s:.1f} s) excluded); sustained {fps} "
+        f"transformer forwards + VAE decode, model loading ({load_s:.1f} s) excluded); sustained {rate} "
         f"(denoising + refresh + VAE decode + copy to host; mp4 encoding excluded) on {pipe.device}"
     )
+    return 0
+
+
+def _generate_batch(args, run: dict, pipe, chunks: int, load_s: float) -> int:
+    """``--prompts``: the unfinished videos, ``--batch-size`` streams at a time (one stream per
+    video, each with its own seed: a stream equals itself generated alone up to rounding, see
+    :meth:`StreamingPipeline.stream`). Each video is written chunk by chunk into a hidden
+    temporary file renamed onto its name when complete; an error or an interrupt removes the
+    unfinished batch's temporary files and leaves the finished videos, so a rerun resumes."""
+    import torch
+    from tqdm import tqdm
+
+    todo, num_frames, fps, size = run["todo"], run["num_frames"], run["fps"], run["batch_size"]
+    skipped = len(run["samples"]) - len(todo)
+    out = run["output_dir"]
+    if skipped and not args.quiet:
+        print(f"stream-r1 generate: {skipped} of {len(run['samples'])} videos are already in {out}: skipped",
+              file=sys.stderr)
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    t0, made = time.perf_counter(), 0
+    with tqdm(total=len(todo) * num_frames, unit="frame", desc="generating", disable=args.quiet) as bar:
+        for at in range(0, len(todo), size):
+            group = todo[at : at + size]
+            videos = []
+            try:
+                for x in group:
+                    videos.append(_VideoFile(x.path, fps, option="--output-dir"))
+                stream = pipe.stream([x.text for x in group], num_chunks=chunks, height=args.height,
+                                     width=args.width, seed=[x.seed for x in group], policy=run["policy"])
+                written = 0
+                for chunk in stream:
+                    frames = chunk.frames.numpy()[:, : num_frames - written]  # [B, T, H, W, 3] on the host
+                    for b, video in enumerate(videos):
+                        for f in frames[b]:
+                            video.append(f)
+                    written += frames.shape[1]
+                    bar.update(frames.shape[1] * len(group))
+                for video in videos:
+                    video.close()
+            finally:
+                for video in videos:
+                    video.discard()  # the unfinished ones (a closed one has been renamed already)
+            made += len(group)
+    sync()
+    secs = time.perf_counter() - t0
+    print(f"wrote {made} videos to {out} ({num_frames} frames each, {num_frames / fps:.2f} s at {fps} fps; "
+          f"{skipped} already there, skipped) in {secs:.1f} s, model loading ({load_s:.1f} s) excluded: "
+          f"{made * num_frames / max(secs, 1e-9):.2f} frames/s in batches of {size} on {pipe.device}")
     return 0
 
 
@@ -595,7 +822,8 @@ class _IntermixedParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-r1", description="Streaming autoregressive video generation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate a video from a prompt or a prompt schedule")
+    g = sub.add_parser("generate", help="generate a video from a prompt or a prompt schedule, or the videos "
+                       "of a prompt file (--prompts)")
     g.add_argument("--model", required=True, help="Wan model folder: diffusers (transformer/, vae/, text_encoder/, tokenizer/) "
                    "or Wan-AI's original (config.json + diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, "
                    "models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/)")
@@ -608,9 +836,21 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt")
     src.add_argument("--prompt-schedule", help="file of timed prompts: JSON [{at, prompt}] or lines 'SECONDS PROMPT'")
-    g.add_argument("--seconds", type=float, default=5.0, help=f"video length in seconds at {FPS} fps (default 5)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--output", required=True, help="output .mp4 (a .png contact sheet is written beside it)")
+    src.add_argument("--prompts", help="batch generation: a prompt file (.txt: one per line, # comments; .jsonl: "
+                     '{"prompt", "extended_prompt"?, "seed"?} per line) -> OUTPUT_DIR/{prompt}-{i}.mp4')
+    g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds at --fps (default 5)")
+    g.add_argument("--fps", type=int, default=FPS, help=f"frame rate of the mp4 (default {FPS}, Wan2.1's); "
+                   "--seconds and schedule times count in it")
+    g.add_argument("--seed", type=int, default=0, help="the noise seed (with --prompts: sample i gets seed + i)")
+    g.add_argument("--output", help="output .mp4 (a .png contact sheet is written beside it)")
+    g.add_argument("--output-dir", help="with --prompts: the folder of the videos {prompt}-{i}.mp4; those "
+                   "already there are skipped (a rerun resumes)")
+    g.add_argument("--num-samples", type=int, default=None, help="with --prompts: videos per prompt (default 1)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="with --prompts: videos generated together as one batch of streams (default 1)")
+    g.add_argument("--recache", action="store_true",
+                   help="with --prompt-schedule: at each switch re-encode the cached frames under the new prompt "
+                        "(LongLive's KV recache)")
     g.add_argument("--height", type=int, default=480)
     g.add_argument("--width", type=int, default=832)
     g.add_argument("--sink", type=int, default=3, help="sink latent frames (0: none)")
