@@ -30,7 +30,8 @@ def device(request):
 
 
 _ONE_THREAD_MODULES = ("test_model", "test_streaming", "test_cli", "test_toy", "test_training", "test_checkpoint",
-                       "test_serve", "test_chunk_step")
+                       "test_serve", "test_chunk_step", "test_readme", "test_generate", "test_recache",
+                       "test_rotated", "test_pipeline", "test_wan")
 
 
 @pytest.fixture(autouse=True)
