@@ -9,7 +9,7 @@ unchanged paths it replaces:
     un-rotated (and the values) against the pre-RoPE cache of the old path, frame by frame;
 (b) the independent Reward-Forcing-style cache of tests/test_streaming_cache.py (E == S only);
 (c) the training rollout's gradients (the exit-step forward) against the fused cache's;
-(d) torch.compile (fullgraph, one compile per fill phase), no host sync, the e2e bench mode.
+(d) the pipeline option, torch.compile (fullgraph, one compile per fill phase), no host sync.
 
 Tolerances, once per dtype: float32 latents and cached K/V within 2e-5 (measured: <= 5e-6
 over 30 chunks; the cache alone, in float64, equals the old path to 1e-12); bfloat16 latents within 5e-2 (measured below 2e-2: a few bf16
@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stream_r1_fast import _backend
 from stream_r1_fast.cache import CACHE_IMPLS, CachePolicy, RotatedSinkKVCache, SinkKVCache, resolve_cache_impl
-from stream_r1_fast.inference import FlowMatchSampler
+from stream_r1_fast.inference import FlowMatchSampler, StreamingPipeline
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
 from stream_r1_fast.ops.rope import apply_rope, rope_angles
 from stream_r1_fast.training.rollout import self_forcing_rollout
@@ -253,6 +253,26 @@ def test_snapshot_is_independent():
         assert snap.values[layer][:, 1].abs().max() == 0 and c.values[layer][:, 1].min() == 5.0
         assert snap.keys[layer] is not c.keys[layer]
     assert snap._cos is c._cos  # the read-only tables are shared
+
+
+def _pipe(model, **kwargs):
+    return StreamingPipeline(model, prompt_encoder=FixedTextEncoder(), chunk_frames=1, sampler=SAMPLER, **kwargs)
+
+
+def _latents(pipe, chunks, policy=CachePolicy(1, 1, 0.9)):
+    out = pipe.stream("a red circle moves left", num_chunks=chunks, height=32, width=32, seed=3, policy=policy,
+                      decode=False)
+    return torch.cat([c.latents for c in out], dim=2)
+
+
+def test_pipeline_option():
+    model = tiny_transformer(0)
+    assert _pipe(model).cache_impl is SinkKVCache  # the default stays the fused cache
+    rotated = _latents(_pipe(model, cache_impl="rotated"), 8, CachePolicy(2, 3, 0.8))
+    fused = _latents(_pipe(model), 8, CachePolicy(2, 3, 0.8))
+    torch.testing.assert_close(rotated, fused, rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="cache_impl"):
+        _pipe(model, cache_impl="paged")
 
 
 def test_chunk_step_compiles_once_per_fill_phase_without_graph_breaks():
