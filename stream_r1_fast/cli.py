@@ -27,11 +27,11 @@ resuming from the last complete checkpoint of its output folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -363,27 +363,35 @@ def check_prompt_tokens(model: str, prompts: list[str], option: str, max_length:
                   f"the first {max_length}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool):
+    """diffusers' and transformers' loading bars off inside (``--quiet``), as they were after."""
+    if enabled:
+        yield
+        return
+    import diffusers
+    import transformers
+
+    libs = [diffusers.utils.logging, transformers.utils.logging]
+    before = [lib.is_progress_bar_enabled() for lib in libs]
+    for lib in libs:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libs, before):
+            if was:
+                lib.enable_progress_bar()
+
+
 def check_device(name: str | None):
     """``--device`` -> a torch.device that is present (default: cuda if available, else cpu)."""
-    import torch
+    from stream_r1_fast.devices import resolve_device
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA device here (torch.cuda.is_available() is False)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name}: no MPS device here")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name}: only cpu, cuda[:N] and mps are supported")
-    return device
+        return resolve_device(name, f"--device {name}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_output(output: Path) -> None:
@@ -398,15 +406,12 @@ def check_output(output: Path) -> None:
 
 
 def _check_writable_folder(folder: Path, option: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option}: {folder} is not a folder")
+    from stream_r1_fast.outputs import check_writable_folder
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".stream-r1-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"{option}: cannot write in {folder}: {exc.strerror or exc}") from None
+        check_writable_folder(folder, option)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_ffmpeg(option: str) -> None:
@@ -587,20 +592,15 @@ def _generate(args) -> int:
     if args.prompts and not run["todo"]:
         print(f"nothing to do: all {len(run['samples'])} videos are in {run['output_dir']}")
         return 0
-    if args.quiet:  # the libraries' loading bars too
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
     num_frames, sampler, fps = run["num_frames"], run["sampler"], run["fps"]
     t_load = time.perf_counter()
     try:
-        pipe = StreamingPipeline.from_pretrained(
-            args.model, checkpoint=args.checkpoint, dtype=getattr(torch, _DTYPES[args.dtype]),
-            device=run["device"], sampler=sampler, lora=args.lora, lora_alpha=args.lora_alpha,
-            offload_text_encoder=args.offload_text_encoder,
-        )
+        with _library_progress_bars(enabled=not args.quiet):
+            pipe = StreamingPipeline.from_pretrained(
+                args.model, checkpoint=args.checkpoint, dtype=getattr(torch, _DTYPES[args.dtype]),
+                device=run["device"], sampler=sampler, lora=args.lora, lora_alpha=args.lora_alpha,
+                offload_text_encoder=args.offload_text_encoder,
+            )
     except CheckpointError as exc:
         where = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}"
         raise UsageError(f"{where}: {_one_line(exc)}") from exc

@@ -20,6 +20,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 
 from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
+from stream_r1_fast.devices import resolve_device
 from stream_r1_fast.inference.sampler import FlowMatchSampler
 from stream_r1_fast.inference.text import PromptEncoder, as_prompt_list
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames
@@ -53,29 +54,6 @@ def resolve_dtype(dtype, torch_dtype, name: str = "dtype", default: torch.dtype 
         raise ValueError(f"{name}={dtype!r} and torch_dtype={torch_dtype!r} disagree: give one of them")
     value = dtype if dtype is not None else torch_dtype
     return default if value is None else _as_dtype(value)
-
-
-def resolve_device(device) -> torch.device:
-    """``device`` -> a torch.device that is present here (None: cuda if available, else cpu);
-    a name torch does not know, or a device this machine does not have, is a ValueError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, (str, torch.device)) or isinstance(device, bool):
-        raise ValueError(f"device={device!r}: expected a device name ('cpu', 'cuda', 'cuda:1') or a torch.device")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device={device!r}: not a device name ('cpu', 'cuda', 'cuda:1', 'mps')") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: no CUDA device here (torch.cuda.is_available() is False)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: there are {torch.cuda.device_count()} CUDA devices (0-based)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r}: no MPS device here")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={device!r}: only cpu, cuda[:N] and mps are supported")
-    return dev
 
 
 def _check_lora_path(lora) -> None:

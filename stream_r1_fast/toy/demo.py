@@ -24,7 +24,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -142,13 +141,12 @@ def check_caption(caption: str) -> str:
 
 def check_out(out: Path) -> None:
     """The output folder exists or can be made, and a file can be written in it."""
+    from stream_r1_fast.outputs import check_writable_folder
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".toy-demo-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DemoError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+        check_writable_folder(out, f"--out {out}")
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
 
 
 def check_args(args) -> None:

@@ -631,19 +631,12 @@ def preflight(cfg: TrainConfig) -> None:
 
 def _preflight_device(device: str | None) -> None:
     """``train.device`` names a device this machine has (None: CUDA if present, else the CPU)."""
-    if device is None:
-        return
-    import torch
+    from stream_r1_fast.devices import resolve_device
 
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"config key 'train.device' is {device!r}, but no CUDA device is available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"config key 'train.device' is {device!r}, but there are only "
-                              f"{torch.cuda.device_count()} CUDA devices")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError(f"config key 'train.device' is {device!r}, but MPS is not available here")
+    try:
+        resolve_device(device, f"config key 'train.device' {device!r}")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _preflight_reward(r: RewardConfig) -> None:
