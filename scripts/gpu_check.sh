@@ -40,7 +40,7 @@ else
 fi
 HYPOTHESIS_PROFILE=gpu phase gpu_tests 180 python3 -m pytest -q -p no:cacheprovider -m cuda
 phase bench_kernels 150 python3 bench/run_all.py --device cuda
-phase bench_e2e 200 python3 bench/e2e_streaming.py --keep-output --chunks 10 --warmup 3 --repeats 3
+phase bench_e2e 240 python3 bench/e2e_streaming.py --keep-output --chunks 10 --warmup 3 --repeats 3 --modes ours rotated baseline
 cp bench/results/*_cuda.json "$OUT/" 2>/dev/null || true
 echo "=== summary (exit status per phase; 124 = time limit)"
 for name in "${!STATUS[@]}"; do echo "$name: ${STATUS[$name]}"; done | sort | tee "$OUT/summary.txt"
