@@ -599,7 +599,7 @@ def _generate(args) -> int:
             pipe = StreamingPipeline.from_pretrained(
                 args.model, checkpoint=args.checkpoint, dtype=getattr(torch, _DTYPES[args.dtype]),
                 device=run["device"], sampler=sampler, lora=args.lora, lora_alpha=args.lora_alpha,
-                offload_text_encoder=args.offload_text_encoder,
+                offload_text_encoder=args.offload_text_encoder, cache_impl=args.cache_impl,
             )
     except CheckpointError as exc:
         where = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}"
@@ -831,6 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", help="a LoRA on the generator, merged at load: a peft adapter folder, a .safetensors of "
                    "peft keys, or a LongLive lora.pt")
     g.add_argument("--lora-alpha", type=float, default=None, help="the LoRA's alpha when its file does not say (default: its rank)")
+    g.add_argument("--cache-impl", choices=["fused", "rotated"], default="fused",
+                   help="KV cache storage (same video up to rounding): fused ops on pre-RoPE K/V (default), or "
+                   "keys cached rotated with one dense attention call per block")
     g.add_argument("--offload-text-encoder", action="store_true",
                    help="keep the UMT5 text encoder on the CPU; it moves to the device only to encode a new prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -24,6 +24,9 @@ def test_original_folder_gives_the_diffusers_folders_video(folders, tmp_path):  
     original, diffusers = folders
     assert _generate(original, tmp_path / "a.mp4") == 0
     assert _generate(diffusers, tmp_path / "b.mp4", "--offload-text-encoder") == 0
+    assert _generate(diffusers, tmp_path / "r.mp4", "--cache-impl", "rotated") == 0
+    r = iio.imread(tmp_path / "r.mp4")
+    assert r.shape[0] == 16 and np.abs(r.astype(int) - iio.imread(tmp_path / "b.mp4").astype(int)).max() <= 2
     a, b = iio.imread(tmp_path / "a.mp4"), iio.imread(tmp_path / "b.mp4")
     assert a.shape == b.shape and a.shape[0] == 16
     np.testing.assert_array_equal(a, b)

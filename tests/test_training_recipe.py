@@ -89,3 +89,17 @@ def test_critic_can_reuse_the_generator_rollout(monkeypatch):
     _, logs, gen_x, critic_x = _spy_step(monkeypatch, "reuse")
     torch.testing.assert_close(critic_x, gen_x, rtol=0, atol=0)
     assert logs["critic_exit_step"] == logs["exit_step"]
+
+
+def test_rotated_cache_in_training_gives_the_fused_caches_run():
+    """rollout.cache_impl: the rotated storage trains like the fused one (same semantics; float
+    rounding apart), with evictions and folds in the rollout (ema_sink over 4 chunks)."""
+    logs = {}
+    for impl in ("fused", "rotated"):
+        tr = tiny_trainer(tiny_config(rollout=FOUR_CHUNKS | {"cache": "ema_sink", "cache_impl": impl}))
+        logs[impl] = [tr.train_step() for _ in range(2)]
+    for a, b in zip(logs["fused"], logs["rotated"]):
+        for key in ("critic_loss", "generator_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    with pytest.raises(ConfigError, match="rollout.cache_impl"):
+        tiny_config(rollout={"cache_impl": "paged"})

@@ -311,6 +311,12 @@ class RotatedSinkKVCache:
         self.occupied = 0
         self._next_update = 0
 
+    def clear_window(self) -> None:
+        """Empty the window, keeping the sink's K/V (frames are age-ordered, the sink first): the
+        next refresh writes the window from the first slot after the sink."""
+        self.occupied = min(self.occupied, self.policy.sink_frames)
+        self._next_update = 0
+
     def snapshot(self) -> "RotatedSinkKVCache":
         """An independent copy (its own K/V tensors and host state; the RoPE tables are shared,
         they are never written)."""

@@ -183,6 +183,15 @@ class SinkKVCache:
         self.positions.fill_(-1)
         self.state.zero_()
 
+    def clear_window(self) -> None:
+        """Empty the window of a cache whose sink is full, keeping the sink's K/V as they are:
+        the next :meth:`update` writes the window from its first slot, at the positions after the
+        sink (a KV recache at a prompt switch re-feeds the window this way). No host sync."""
+        s = self.policy.sink_frames
+        self.positions[:, s:] = -1
+        self.state[:, 1:3] = 0  # state per block: (sink_filled, ring_start, ring_count, next_pos)
+        self.state[:, 3] = self.state[:, 0]
+
     def snapshot(self) -> "SinkKVCache":
         """An independent copy (its own tensors): what a gradient-carrying forward attends to
         while the live cache is updated in place afterwards."""

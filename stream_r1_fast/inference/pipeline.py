@@ -563,7 +563,7 @@ class StreamingPipeline:
             cache.reset()
             start = 0 if made <= s + w else made - w
         else:
-            _clear_window(cache, s)
+            _clear_window(cache)
             start = made - w
         batch = history.chunks[0][1].shape[0]
         for first, x0 in history.chunks:
@@ -609,23 +609,14 @@ class LatentHistory:
         return sum(x.shape[2] for _, x in self.chunks)
 
 
-def _clear_window(cache, sink_frames: int) -> None:
-    """Empty the window of a cache whose sink is full, keeping the sink's K/V as they are: the
-    next ``update`` writes the window from its first slot, at the positions after the sink."""
-    from stream_r1_fast.cache import RotatedSinkKVCache, SinkKVCache
-
-    if isinstance(cache, SinkKVCache):  # state per block: (sink_filled, ring_start, ring_count, next_pos)
-        cache.positions[:, sink_frames:] = -1
-        cache.state[:, 1:3] = 0
-        cache.state[:, 3] = cache.state[:, 0]
-    elif isinstance(cache, RotatedSinkKVCache):  # age-ordered frames, the sink first
-        cache.occupied = min(cache.occupied, sink_frames)
-        cache._next_update = 0
-    elif callable(getattr(cache, "clear_window", None)):
-        cache.clear_window()
-    else:
-        raise NotImplementedError(f"a KV recache that keeps the sink needs a SinkKVCache, a RotatedSinkKVCache "
-                                  f"or a cache with clear_window(); got {type(cache).__name__}")
+def _clear_window(cache) -> None:
+    """Empty the window of a cache whose sink is full, keeping the sink (the cache's own
+    ``clear_window()``: SinkKVCache and RotatedSinkKVCache have one)."""
+    clear = getattr(cache, "clear_window", None)
+    if not callable(clear):
+        raise NotImplementedError(f"a KV recache that keeps the sink needs a cache with clear_window() "
+                                  f"(SinkKVCache, RotatedSinkKVCache); got {type(cache).__name__}")
+    clear()
 
 
 # ---------------------------------------------------------------------- live streams

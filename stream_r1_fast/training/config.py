@@ -46,6 +46,7 @@ WAN_NEGATIVE_PROMPT = (
 
 
 ROLLOUT_CACHES = ("full", "ema_sink")
+ROLLOUT_CACHE_IMPLS = ("fused", "rotated")
 CRITIC_SAMPLES = ("fresh", "reuse")
 
 
@@ -102,10 +103,13 @@ class RolloutConfig:
     cache holds the whole rollout, so nothing is evicted or folded while training) or
     ``ema_sink`` (the inference cache in training: ``sink_frames`` + ``window_frames`` slots,
     evicted frames folded into the sink with ``alpha``). ``sink_frames``, ``window_frames`` and
-    ``alpha`` are used by ``ema_sink`` only.
+    ``alpha`` are used by ``ema_sink`` only. cache_impl: how the cache is stored, same semantics
+    either way: ``fused`` (pre-RoPE K/V on the fused ops) or ``rotated`` (keys cached rotated,
+    one dense attention call; see docs/method.md).
     """
 
     cache: str = "full"
+    cache_impl: str = "fused"
     num_chunks: int = 7
     chunk_frames: int = 3
     height: int = 480
@@ -483,6 +487,8 @@ def validate(cfg: TrainConfig) -> None:
          r.window_frames)
     need(0.0 <= r.alpha <= 1.0, "rollout.alpha", "must be in [0, 1]", r.alpha)
     need(r.cache in ROLLOUT_CACHES, "rollout.cache", f"must be one of {ROLLOUT_CACHES}", r.cache)
+    need(r.cache_impl in ROLLOUT_CACHE_IMPLS, "rollout.cache_impl", f"must be one of {ROLLOUT_CACHE_IMPLS}",
+         r.cache_impl)
     need(d.critic_samples in CRITIC_SAMPLES, "dmd.critic_samples", f"must be one of {CRITIC_SAMPLES}",
          d.critic_samples)
     need(len(r.steps) >= 1 and all(isinstance(s, (int, float)) and 0 < s <= 1000 for s in r.steps),

@@ -214,7 +214,7 @@ class Trainer:
             return self_forcing_rollout(
                 self.generator, text, num_chunks=r.num_chunks, chunk_frames=r.chunk_frames,
                 latent_size=self.latent_size, exit_step=exit_step, sampler=self.sampler, policy=self.policy,
-                generator=gens, cache_dtype=self._compute_dtype(),
+                generator=gens, cache_dtype=self._compute_dtype(), cache_impl=r.cache_impl,
             )
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
