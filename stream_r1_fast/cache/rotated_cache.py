@@ -50,7 +50,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from stream_r1_fast.cache.sink_cache import CachePolicy
+from stream_r1_fast.cache.sink_cache import CachePolicy, model_cache_sizes
 from stream_r1_fast.ops.ema_cache_ref import fold_group
 from stream_r1_fast.ops.rope import rope_angles, rope_axis_dims
 
@@ -153,20 +153,8 @@ class RotatedSinkKVCache:
     ) -> "RotatedSinkKVCache":
         """A cache sized for ``model`` (a CausalWanTransformer), latent frames of H x W and chunks
         of at most ``chunk_frames`` latent frames (default: the window)."""
-        cfg = model.config
-        param = next(model.parameters())
-        return cls(
-            cfg.num_layers,
-            batch_size,
-            model.latent_grid(latent_height, latent_width),
-            cfg.num_attention_heads,
-            cfg.attention_head_dim,
-            policy,
-            chunk_frames=chunk_frames,
-            dtype=dtype or param.dtype,
-            device=device or param.device,
-            rope_theta=getattr(model, "rope_theta", 10000.0),
-        )
+        return cls(**model_cache_sizes(model, batch_size, latent_height, latent_width, dtype, device), policy=policy,
+                   chunk_frames=chunk_frames, rope_theta=getattr(model, "rope_theta", 10000.0))
 
     # ------------------------------------------------------------------ host-side plan
 

@@ -73,6 +73,17 @@ class CachePolicy:
         return self.sink_frames + self.window_frames
 
 
+def model_cache_sizes(model, batch_size: int, latent_height: int, latent_width: int, dtype=None, device=None) -> dict:
+    """The constructor arguments every cache class shares, read off ``model`` (a
+    CausalWanTransformer) for latent frames of H x W: layers, batch, token grid, heads, head
+    dim, and dtype / device (default: the model's parameters')."""
+    cfg = model.config
+    param = next(model.parameters())
+    return dict(num_layers=cfg.num_layers, batch_size=batch_size, grid=model.latent_grid(latent_height, latent_width),
+                heads=cfg.num_attention_heads, head_dim=cfg.attention_head_dim, dtype=dtype or param.dtype,
+                device=device or param.device)
+
+
 class SinkKVCache:
     """KV cache of all blocks of a :class:`~stream_r1_fast.models.CausalWanTransformer` for a
     batch of streams (the :class:`~stream_r1_fast.models.KVCache` protocol).
@@ -130,18 +141,7 @@ class SinkKVCache:
             raise ValueError(
                 f"chunk_frames must be in [1, window_frames = {policy.window_frames}], got {chunk_frames!r}"
             )
-        cfg = model.config
-        param = next(model.parameters())
-        return cls(
-            cfg.num_layers,
-            batch_size,
-            model.latent_grid(latent_height, latent_width),
-            cfg.num_attention_heads,
-            cfg.attention_head_dim,
-            policy,
-            dtype=dtype or param.dtype,
-            device=device or param.device,
-        )
+        return cls(**model_cache_sizes(model, batch_size, latent_height, latent_width, dtype, device), policy=policy)
 
     # ------------------------------------------------------------------ the KVCache protocol
 

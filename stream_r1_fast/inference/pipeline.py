@@ -92,12 +92,13 @@ class StreamChunk:
     recached: bool = False
 
 
-def _checked_prompts(prompts, chunk: int) -> list[str]:
-    out = as_prompt_list(prompts, f"the prompt of chunk {chunk}")
+def _checked_prompts(prompts, where: str) -> list[str]:
+    """A prompt or a list of them (one per stream) -> a list of non-empty prompts; the error
+    names ``where`` (e.g. "the prompt of chunk 3") and the stream."""
+    out = as_prompt_list(prompts, where)
     for b, p in enumerate(out):
         if not p.strip():
-            raise ValueError(f"the prompt of chunk {chunk}" + (f" (stream {b})" if len(out) > 1 else "")
-                             + f" is empty: {p!r}")
+            raise ValueError(where + (f" (stream {b})" if len(out) > 1 else "") + f" is empty: {p!r}")
     return out
 
 
@@ -116,11 +117,7 @@ class PromptSchedule:
         for k, v in entries.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ValueError(f"prompt schedule keys must be chunk indices >= 0, got {k!r}")
-            items[k] = as_prompt_list(v, f"the prompt of chunk {k}")
-            for b, p in enumerate(items[k]):
-                if not p.strip():
-                    where = f"the prompt of chunk {k}" + (f" (stream {b})" if len(items[k]) > 1 else "")
-                    raise ValueError(f"{where} is empty: {p!r}")
+            items[k] = _checked_prompts(v, f"the prompt of chunk {k}")
         if 0 not in items:
             raise ValueError(f"a prompt schedule must give the prompt of chunk 0, got chunks {sorted(items)}")
         self.entries = dict(sorted(items.items()))
@@ -151,7 +148,7 @@ class PromptSchedule:
         added to :attr:`entries` after the schedule was built is checked here, and a plain
         str stays one prompt) and whether to recache (None: the stream's ``recache``)."""
         prompts = self.at(chunk)
-        return None if prompts is None else (_checked_prompts(prompts, chunk), None)
+        return None if prompts is None else (_checked_prompts(prompts, f"the prompt of chunk {chunk}"), None)
 
 
 class StreamingPipeline:
@@ -638,10 +635,7 @@ class LivePromptSchedule(PromptSchedule):
         """Queue ``prompts`` (a str is one prompt) for the next chunk that starts; ``recache``:
         whether to recache there (None: the stream's default). A later call before that chunk
         replaces this one."""
-        prompts = as_prompt_list(prompts)
-        for p in prompts:
-            if not p.strip():
-                raise ValueError(f"the prompt is empty: {p!r}")
+        prompts = _checked_prompts(prompts, "the prompt")
         with self._lock:
             self._pending = (prompts, recache)
 
@@ -695,12 +689,9 @@ class LiveStream:
     def check(self, prompt: str | Sequence[str]) -> list[str]:
         """The prompt(s) as a list, or a TypeError / ValueError saying why the pipeline's text
         encoder cannot take them (the toy world's closed vocabulary); no state changes."""
-        prompts = as_prompt_list(prompt)
+        prompts = _checked_prompts(prompt, "the prompt")
         if len(prompts) not in (1, self.batch):
             raise ValueError(f"{len(prompts)} prompts for a live stream of {self.batch} streams")
-        for p in prompts:
-            if not p.strip():
-                raise ValueError(f"the prompt is empty: {p!r}")
         encoder = self.pipe.prompt_encoder
         if encoder is None:
             raise RuntimeError("this pipeline has no text encoder: build it with prompt_encoder=...")
