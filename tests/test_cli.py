@@ -7,7 +7,7 @@ import json
 import imageio.v2 as imageio
 import pytest
 from PIL import Image
-from tiny_wan import write_pipeline_dir
+from cli_helpers import model_dir  # noqa: F401  (fixture)
 
 from stream_r1_fast.cli import chunk_start_seconds, main, read_prompt_schedule
 
@@ -15,11 +15,6 @@ from stream_r1_fast.cli import chunk_start_seconds, main, read_prompt_schedule
 pytest.importorskip("imageio_ffmpeg")
 
 ARGS = ["--height", "16", "--width", "24", "--dtype", "fp32", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_pipeline_dir(tmp_path_factory.mktemp("tiny"))
 
 
 def test_generate_writes_mp4_and_contact_sheet(model_dir, tmp_path, capsys):

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 import torch
-from tiny_wan import tiny_transformer, write_pipeline_dir
+from cli_helpers import model_dir, no_loading, run  # noqa: F401  (fixtures)
+from tiny_wan import tiny_transformer
 
 from stream_r1_fast import cli
 from stream_r1_fast.cli import main
@@ -20,31 +21,6 @@ from stream_r1_fast.inference import StreamingPipeline
 pytest.importorskip("imageio_ffmpeg")
 
 ARGS = ["--height", "16", "--width", "24", "--dtype", "fp32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_pipeline_dir(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Loading the model fails the test: the error must come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the bad option was reported")
-
-    monkeypatch.setattr(StreamingPipeline, "from_pretrained", refuse)
-
-
-def run(argv, capsys):
-    """-> (exit status, stdout, stderr) of ``main(argv)``, SystemExit included."""
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def generate(model_dir, tmp_path, *extra, prompt=("--prompt", "a red circle")):

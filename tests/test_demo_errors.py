@@ -6,18 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cli_helpers
+
 from stream_r1_fast.toy import demo
 
 PROG = "python -m stream_r1_fast.toy.demo: error: "
 
 
 def run(argv, capsys):
-    try:
-        rc = demo.main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return cli_helpers.run(argv, capsys, main=demo.main)
 
 
 @pytest.fixture

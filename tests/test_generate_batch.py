@@ -11,7 +11,7 @@ import tracemalloc
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from tiny_wan import write_pipeline_dir
+from cli_helpers import model_dir, no_loading, run  # noqa: F401  (fixtures)
 
 from stream_r1_fast import cli
 from stream_r1_fast.cli import ContactSheet, contact_sheet, main, plan_samples, sample_stem
@@ -22,28 +22,6 @@ pytest.importorskip("imageio_ffmpeg")
 
 ARGS = ["--height", "16", "--width", "24", "--dtype", "fp32", "--device", "cpu", "--quiet"]
 P1, P2 = "a red circle moves left", "a blue square on white background"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_pipeline_dir(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(StreamingPipeline, "from_pretrained", refuse)
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def batch(model_dir, prompts, out, *extra):

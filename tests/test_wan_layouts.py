@@ -1,6 +1,7 @@
 """The original Wan2.1 folder (as Wan-AI publishes it) loads into the same pipeline as the
 diffusers folder: tiny random models are written in both layouts here, the original one through
-inverse key maps written in this file (not the loader's), and both loads are compared."""
+inverse key maps written in the tests (not the loader's; the transformer's table is
+tests/test_model_loading.py's), and both loads are compared."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_model_loading import _BLOCK, _TOP, to_original
 from tiny_wan import TEXT_DIM, tiny_tokenizer, tiny_transformer
 
 from stream_r1_fast.inference import StreamingPipeline
@@ -70,45 +72,16 @@ def layout_text_encoder(seed: int = 0):
 
 # ---------------------------------------------------------------------- inverse key maps
 # diffusers / transformers names -> the original Wan names, written from the original modules'
-# structure (wan/modules/model.py, vae.py, t5.py): the reverse of what the loader converts.
-
-_T_TOP = {
-    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
-    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
-    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
-    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
-    "condition_embedder.time_proj": "time_projection.1",
-    "proj_out": "head.head",
-    "patch_embedding": "patch_embedding",
-}
-_T_BLOCK = {
-    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
-    "attn1.to_out.0": "self_attn.o", "attn1.norm_q": "self_attn.norm_q", "attn1.norm_k": "self_attn.norm_k",
-    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
-    "attn2.to_out.0": "cross_attn.o", "attn2.norm_q": "cross_attn.norm_q", "attn2.norm_k": "cross_attn.norm_k",
-    "norm2": "norm3",  # Wan's affine pre-cross-attention norm is its norm3
-    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
-}
+# structure (wan/modules/model.py, vae.py, t5.py): the reverse of what the loader converts. The
+# transformer's table and state-dict inverse are test_model_loading's (_TOP, _BLOCK, to_original).
+transformer_to_original = to_original
 
 
 def transformer_module_to_original(module: str) -> str:
     if module.startswith("blocks."):
         _, i, rest = module.split(".", 2)
-        return f"blocks.{i}.{_T_BLOCK[rest]}"
-    return _T_TOP[module]
-
-
-def transformer_to_original(sd: dict) -> dict:
-    out = {}
-    for key, value in sd.items():
-        if key == "scale_shift_table":
-            out["head.modulation"] = value
-        elif key.endswith(".scale_shift_table"):
-            out[key.replace(".scale_shift_table", ".modulation")] = value
-        else:
-            module, param = key.rsplit(".", 1)
-            out[f"{transformer_module_to_original(module)}.{param}"] = value
-    return out
+        return f"blocks.{i}.{_BLOCK[rest]}"
+    return _TOP.get(module, module)
 
 
 _RESNET = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
