@@ -23,7 +23,7 @@ from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
 from stream_r1_fast.devices import resolve_device
 from stream_r1_fast.inference.sampler import FlowMatchSampler
 from stream_r1_fast.inference.text import PromptEncoder, as_prompt_list
-from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames
+from stream_r1_fast.inference.vae import StreamingVAEDecoder, codec_factors, to_uint8_frames
 from stream_r1_fast.models.loading import load_transformer
 from stream_r1_fast.models.wan import CausalWanTransformer
 
@@ -371,12 +371,7 @@ class StreamingPipeline:
     @property
     def vae_factors(self) -> tuple[int, int]:
         """(temporal, spatial) compression of the VAE ((4, 8) for Wan's)."""
-        if self.vae is None:
-            return 4, 8
-        if hasattr(self.vae, "temporal_factor"):  # a codec with its own streaming decoder (the toy world's)
-            return self.vae.temporal_factor, self.vae.spatial_factor
-        cfg = self.vae.config
-        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+        return codec_factors(self.vae)
 
     def chunks_for_frames(self, num_frames: int) -> int:
         """Chunks needed for at least ``num_frames`` video frames (81 frames -> 21 latent -> 7)."""

@@ -11,6 +11,22 @@ from __future__ import annotations
 
 import torch
 
+# (temporal, spatial) compression of Wan2.1's VAE: what sizes are computed with when no VAE
+# is loaded (a latent-only run).
+WAN_VAE_FACTORS = (4, 8)
+
+
+def codec_factors(vae) -> tuple[int, int]:
+    """(temporal, spatial) compression of ``vae``: a codec that states them (``temporal_factor``
+    / ``spatial_factor`` attributes: :class:`StreamingVAEDecoder`, the toy world's codec), a
+    diffusers ``AutoencoderKLWan`` (read from its config), or None (Wan's, ``WAN_VAE_FACTORS``)."""
+    if vae is None:
+        return WAN_VAE_FACTORS
+    if hasattr(vae, "temporal_factor") and hasattr(vae, "spatial_factor"):
+        return int(vae.temporal_factor), int(vae.spatial_factor)
+    cfg = vae.config
+    return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+
 
 class StreamingVAEDecoder:
     """Decode latent chunks of one batch of streams in order; :meth:`reset` for a new video.
@@ -25,19 +41,12 @@ class StreamingVAEDecoder:
         self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._num_convs = sum(type(m).__name__ == "WanCausalConv3d" for m in vae.decoder.modules())
+        self.temporal_factor, self.spatial_factor = codec_factors(vae)
         self.reset()
 
     def reset(self) -> None:
         self._feat_cache: list[torch.Tensor | None] = [None] * self._num_convs
         self.frames_decoded = 0  # latent frames so far
-
-    @property
-    def spatial_factor(self) -> int:
-        return 2 ** (len(self.vae.config.dim_mult) - 1)
-
-    @property
-    def temporal_factor(self) -> int:
-        return 2 ** sum(bool(d) for d in self.vae.config.temperal_downsample)
 
     def video_frames(self, latent_frames: int, first: bool) -> int:
         """Video frames decoded from ``latent_frames`` (the stream's first latent frame gives 1)."""

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from stream_r1_fast.inference.sampler import FlowMatchSampler, randn
-from stream_r1_fast.inference.vae import StreamingVAEDecoder
+from stream_r1_fast.inference.vae import StreamingVAEDecoder, codec_factors
 from stream_r1_fast.training import checkpoint as ckpt
 from stream_r1_fast.training.config import (ConfigWarning, TrainConfig, config_diff, preflight, resolve_factory,
                                             yaml_load)
@@ -130,13 +130,7 @@ class Trainer:
         self.c_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.lr_critic, betas=tuple(o.betas),
                                        weight_decay=o.weight_decay)
         self.ema = {n: p.detach().float().clone() for n, p in self.generator.named_parameters()}
-        if vae is not None and hasattr(vae, "streaming_decoder"):  # a codec with its own decoder (the toy world's)
-            factors = (vae.temporal_factor, vae.spatial_factor)
-        elif vae is not None:
-            vae_cfg = vae.config
-            factors = (2 ** sum(bool(d) for d in vae_cfg.temperal_downsample), 2 ** (len(vae_cfg.dim_mult) - 1))
-        else:
-            factors = (4, 8)
+        factors = codec_factors(vae)
         self.vae_factors = factors
         if cfg.weighting.mode != "dmd" and vae is None:
             raise ValueError(f"weighting mode {cfg.weighting.mode!r} needs a VAE to decode rollouts")

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from stream_r1_fast.inference.vae import WAN_VAE_FACTORS
 from stream_r1_fast.ops.saliency import axis_weights_from_rewards, saliency_weights
 from stream_r1_fast.rewards.base import AXES, RewardModel
 
@@ -181,7 +182,7 @@ class Weighting:
     """Computes the loss weights of one generator step (and owns the balance history)."""
 
     def __init__(self, config: WeightingConfig, reward_model: RewardModel | None = None,
-                 vae_factors: tuple[int, int] = (4, 8)):
+                 vae_factors: tuple[int, int] = WAN_VAE_FACTORS):
         if config.mode != "dmd" and reward_model is None:
             raise ValueError(f"weighting mode {config.mode!r} needs a reward model")
         self.config = config
