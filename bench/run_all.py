@@ -17,6 +17,7 @@ from common import default_device, device_name, environment, print_table, write_
 # (module, JSON name, baseline variant the table compares against)
 SUITE = [
     ("bench_sink_attention", "sink_attention", "rf_style"),
+    ("bench_attention_backends", "attention_backends", "sdpa_default"),
     ("bench_ema_cache", "ema_cache", "rf_shift"),
     ("bench_saliency", "saliency", "reference"),
     ("bench_nvrtc", "nvrtc", "compiled"),  # CUDA only: run-time compiled kernels vs nvcc's
