@@ -1,4 +1,4 @@
-"""VideoReward (stream_r1_fast.rewards.video_reward): patch layout equal to the HF Qwen2-VL
+"""VideoReward (stream_r1_fast.rewards.preprocessing / .model / .video_reward): patch layout equal to the HF Qwen2-VL
 video processor, gradients to the pixels, per-item scoring, input errors, checkpoint round
 trip, and the trainer's stream_r1 weighting with a tiny random Qwen2-VL (CPU, fp32)."""
 
@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from reward_fixtures import tiny_video_reward
+
 from stream_r1_fast.rewards import RewardModel
+from stream_r1_fast.rewards import model as rm
+from stream_r1_fast.rewards import preprocessing as pre
 from stream_r1_fast.rewards import video_reward as vr
 from stream_r1_fast.training.weighting import Weighting, WeightingConfig
 
@@ -21,7 +25,7 @@ SMALL = dict(min_pixels=28 * 28, max_pixels=112 * 112)  # budgets that keep the 
 
 @pytest.fixture(scope="module")
 def model():
-    return vr.tiny_video_reward(seed=0, source_fps=None, **SMALL)
+    return tiny_video_reward(seed=0, source_fps=None, **SMALL)
 
 
 def _hf_processor(**kw):
@@ -44,7 +48,7 @@ def _hf_patches(videos: torch.Tensor, min_pixels: int, max_pixels: int):
 @pytest.mark.parametrize("frames", [4, 5])  # 5: temporal padding with the last frame
 def test_patch_layout_equals_hf_processor_without_resize(frames):
     video = torch.rand(2, frames, 3, 56, 84, generator=torch.Generator().manual_seed(frames))
-    ours, grid = vr.preprocess_video(video, source_fps=None, uint8=False, clamp=False, **SMALL)
+    ours, grid = pre.preprocess_video(video, source_fps=None, uint8=False, clamp=False, **SMALL)
     ref, ref_grid = _hf_patches(video * 255, **SMALL)
     assert grid.tolist() == ref_grid.tolist() == [[math.ceil(frames / 2), 4, 6]] * 2
     assert ours.shape == ref.shape == (2 * math.ceil(frames / 2) * 24, 3 * 2 * 14 * 14)
@@ -54,10 +58,10 @@ def test_patch_layout_equals_hf_processor_without_resize(frames):
 def test_patch_layout_with_resize_float_frames():
     """Float frames: the same bicubic antialiased interpolation as torchvision -> fp32 noise."""
     video = torch.rand(2, 4, 3, 50, 90, generator=torch.Generator().manual_seed(1))
-    ours, grid = vr.preprocess_video(video, source_fps=None, uint8=False, clamp=False, **SMALL)
+    ours, grid = pre.preprocess_video(video, source_fps=None, uint8=False, clamp=False, **SMALL)
     ref, ref_grid = _hf_patches(video * 255, **SMALL)
     assert grid.tolist() == ref_grid.tolist()
-    assert vr.smart_resize(50, 90, 28, **SMALL) == (56, 84)
+    assert pre.smart_resize(50, 90, 28, **SMALL) == (56, 84)
     err = (ours - ref).abs().max().item()
     assert err < 1e-5, err
 
@@ -70,13 +74,13 @@ def test_patch_layout_with_resize_uint8_frames(size):
     lim = dict(min_pixels=28 * 28, max_pixels=168 * 168)
     video8 = torch.randint(0, 256, (2, 4, 3, *size), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     ref, ref_grid = _hf_patches(video8, **lim)
-    ours, grid = vr.preprocess_video(video8.float() / 255, source_fps=None, uint8=True, **lim)
+    ours, grid = pre.preprocess_video(video8.float() / 255, source_fps=None, uint8=True, **lim)
     assert grid.tolist() == ref_grid.tolist()
-    levels = ((ours - ref) * ref.new_tensor(vr.CLIP_STD).repeat_interleave(2 * 14 * 14) * 255).abs()
+    levels = ((ours - ref) * ref.new_tensor(pre.CLIP_STD).repeat_interleave(2 * 14 * 14) * 255).abs()
     assert levels.max().item() <= 2.01, levels.max().item()
     assert (levels > 0.01).float().mean().item() < 0.01
-    floaty, _ = vr.preprocess_video(video8.float() / 255, source_fps=None, uint8=False, **lim)
-    float_levels = ((floaty - ref) * ref.new_tensor(vr.CLIP_STD).repeat_interleave(2 * 14 * 14) * 255).abs()
+    floaty, _ = pre.preprocess_video(video8.float() / 255, source_fps=None, uint8=False, **lim)
+    float_levels = ((floaty - ref) * ref.new_tensor(pre.CLIP_STD).repeat_interleave(2 * 14 * 14) * 255).abs()
     assert float_levels.max().item() > 5
 
 
@@ -84,7 +88,7 @@ def test_uint8_without_resize_is_exact():
     video8 = torch.randint(0, 256, (1, 4, 3, 56, 84), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
     ref, _ = _hf_patches(video8, **SMALL)
     noisy = (video8.float() + torch.rand(video8.shape) * 0.8 - 0.4) / 255  # rounds back to video8
-    ours, _ = vr.preprocess_video(noisy, source_fps=None, uint8=True, **SMALL)
+    ours, _ = pre.preprocess_video(noisy, source_fps=None, uint8=True, **SMALL)
     torch.testing.assert_close(ours, ref, rtol=0, atol=2e-6)
 
 
@@ -94,18 +98,18 @@ def test_smart_resize_matches_hf():
     for h in (28, 50, 100, 240, 480, 481, 720, 1080):
         for w in (28, 64, 128, 320, 832, 1280, 1920):
             for lo, hi in ((56 * 56, 28 * 28 * 1280), (128 * 28 * 28, 448 * 448), (28 * 28, 112 * 112)):
-                assert vr.smart_resize(h, w, 28, lo, hi) == hf_smart_resize(h, w, 28, lo, hi), (h, w, lo, hi)
-    assert vr.smart_resize(480, 832, 28, 128 * 28 * 28, 448 * 448) == (336, 588)
+                assert pre.smart_resize(h, w, 28, lo, hi) == hf_smart_resize(h, w, 28, lo, hi), (h, w, lo, hi)
+    assert pre.smart_resize(480, 832, 28, 128 * 28 * 28, 448 * 448) == (336, 588)
 
 
 def test_frame_sampling_about_fps():
-    idx = vr.sample_frame_indices(81, source_fps=16, fps=2)  # Wan: 81 frames at 16 fps -> ~10 frames
+    idx = pre.sample_frame_indices(81, source_fps=16, fps=2)  # Wan: 81 frames at 16 fps -> ~10 frames
     assert idx.tolist()[0] == 0 and idx.tolist()[-1] == 80 and len(idx) == 10
     assert (idx.diff() > 0).all()
-    assert len(vr.sample_frame_indices(5, 16, 2)) == 4  # min_frames, capped by the clip
-    assert len(vr.sample_frame_indices(3, 16, 2)) == 2  # too short: floor to the temporal patch
-    assert vr.sample_frame_indices(7, None).tolist() == list(range(7))
-    assert vr.sample_frame_indices(81, 16, num_frames=6).tolist() == [0, 16, 32, 48, 64, 80]
+    assert len(pre.sample_frame_indices(5, 16, 2)) == 4  # min_frames, capped by the clip
+    assert len(pre.sample_frame_indices(3, 16, 2)) == 2  # too short: floor to the temporal patch
+    assert pre.sample_frame_indices(7, None).tolist() == list(range(7))
+    assert pre.sample_frame_indices(81, 16, num_frames=6).tolist() == [0, 16, 32, 48, 64, 80]
 
 
 # ---- (b) gradients reach the right pixels ----------------------------------------------------
@@ -115,8 +119,8 @@ def test_frame_sampling_about_fps():
 def test_unpatchify_round_trip_and_patch_semantics(frames):
     b, h, w = 2, 56, 84
     video = torch.randn(b, frames, 3, h, w)
-    patches, grid = vr.patchify_video(video)
-    back = vr.unpatchify_video(patches, grid)
+    patches, grid = pre.patchify_video(video)
+    back = pre.unpatchify_video(patches, grid)
     assert torch.equal(back[:, :frames], video)
     if frames % 2:
         assert torch.equal(back[:, frames], video[:, -1])  # padding repeats the last frame
@@ -125,7 +129,7 @@ def test_unpatchify_round_trip_and_patch_semantics(frames):
     y_ = torch.arange(h).view(1, h, 1).expand(frames, h, w)
     x_ = torch.arange(w).view(1, 1, w).expand(frames, h, w)
     coords = torch.stack([t_, y_, x_], 1).float().unsqueeze(0)  # [1, T, 3, H, W]
-    rows, (gt, gh, gw) = vr.patchify_video(coords)[0], grid[0].tolist()
+    rows, (gt, gh, gw) = pre.patchify_video(coords)[0], grid[0].tolist()
     rows = rows.view(gt, gh // 2, gw // 2, 2, 2, 3, 2, 14, 14)
     for t in range(gt):
         for bh in range(gh // 2):
@@ -140,7 +144,7 @@ def test_unpatchify_round_trip_and_patch_semantics(frames):
 
 def test_gradient_of_one_patch_row_lands_on_its_raster_block():
     video = torch.rand(1, 4, 3, 56, 84, requires_grad=True)
-    patches, grid = vr.preprocess_video(video, source_fps=None, **SMALL)
+    patches, grid = pre.preprocess_video(video, source_fps=None, **SMALL)
     gt, gh, gw = grid[0].tolist()
     # merge token (t=1, block row 1, block col 2), its patch (mh=0, mw=1)
     row = ((1 * (gh // 2) + 1) * (gw // 2) + 2) * 4 + 0 * 2 + 1
@@ -151,11 +155,11 @@ def test_gradient_of_one_patch_row_lands_on_its_raster_block():
 
 
 def test_reward_gradient_is_finite_nonzero_and_only_on_sampled_frames():
-    m = vr.tiny_video_reward(seed=0, source_fps=8, fps=2, min_frames=2, **SMALL)  # 9 frames at 8 fps -> 2
+    m = tiny_video_reward(seed=0, source_fps=8, fps=2, min_frames=2, **SMALL)  # 9 frames at 8 fps -> 2
     video = torch.rand(2, 9, 3, 56, 56, requires_grad=True)
     out = m.rewards(video, ["a red circle", "a blue square"])
     (g,) = torch.autograd.grad(out.raw.sum(), video)
-    sampled = vr.sample_frame_indices(9, 8, 2, min_frames=2).tolist()
+    sampled = pre.sample_frame_indices(9, 8, 2, min_frames=2).tolist()
     assert sampled == [0, 8] and torch.isfinite(g).all()
     per_frame = g.abs().sum((0, 2, 3, 4))
     assert all(per_frame[i] > 0 for i in sampled)
@@ -229,12 +233,12 @@ def test_input_errors(model):
 
 def test_config_errors():
     with pytest.raises(ValueError, match="mean"):
-        vr.VideoRewardConfig()
+        rm.VideoRewardConfig()
     with pytest.raises(ValueError, match="exactly once"):
-        vr.VideoRewardConfig(mean=(0, 0, 0), std=(1, 1, 1), prompt_template="{caption} <|VQ_reward|>")
+        rm.VideoRewardConfig(mean=(0, 0, 0), std=(1, 1, 1), prompt_template="{caption} <|VQ_reward|>")
     with pytest.raises(ValueError, match="std"):
-        vr.VideoRewardConfig(mean=(0, 0, 0), std=(1, 0, 1))
-    cfg = vr.VideoRewardConfig.from_dict({"inference_config": {"VQ_mean": 1, "VQ_std": 2, "MQ_mean": 3, "MQ_std": 4,
+        rm.VideoRewardConfig(mean=(0, 0, 0), std=(1, 0, 1))
+    cfg = rm.VideoRewardConfig.from_dict({"inference_config": {"VQ_mean": 1, "VQ_std": 2, "MQ_mean": 3, "MQ_std": 4,
                                                                "TA_mean": 5, "TA_std": 6},
                                           "data_config": {"fps": 2, "max_frame_pixels": 200704, "num_frames": None}})
     assert cfg.mean == (1, 3, 5) and cfg.std == (2, 4, 6) and cfg.max_pixels == 200704
@@ -245,7 +249,7 @@ def test_config_errors():
 
 def test_from_pretrained_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path)
-    loaded = vr.VideoRewardModel.from_pretrained(tmp_path)
+    loaded = rm.VideoRewardModel.from_pretrained(tmp_path)
     assert isinstance(loaded, RewardModel)
     video = torch.rand(2, 4, 3, 56, 84)
     prompts = ["a red circle", "a blue square moves up"]
@@ -254,7 +258,7 @@ def test_from_pretrained_round_trip(model, tmp_path):
     torch.testing.assert_close(a.normalized, b.normalized)
     assert loaded.config == model.config
     # config overrides (the trainer's reward.kwargs) and bf16
-    half = vr.VideoRewardModel.from_pretrained(tmp_path, dtype="bf16", fps=4.0)
+    half = rm.VideoRewardModel.from_pretrained(tmp_path, dtype="bf16", fps=4.0)
     assert half.config.fps == 4.0 and half.dtype == torch.bfloat16
     assert torch.isfinite(half.rewards(video, prompts).raw).all()
 
@@ -269,7 +273,7 @@ def test_from_pretrained_reads_a_conditional_generation_checkpoint(model, tmp_pa
     for name in ("reward_head.safetensors", "reward_config.json"):
         (tmp_path / name).write_bytes((tmp_path / "ours" / name).read_bytes())
     model.tokenizer.save_pretrained(tmp_path)
-    loaded = vr.VideoRewardModel.from_pretrained(tmp_path)
+    loaded = rm.VideoRewardModel.from_pretrained(tmp_path)
     video = torch.rand(1, 4, 3, 56, 56)
     torch.testing.assert_close(loaded.rewards(video, ["a"]).raw, model.rewards(video, ["a"]).raw)
 
@@ -278,23 +282,23 @@ def test_from_pretrained_errors(model, tmp_path):
     from safetensors.torch import save_file
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        vr.VideoRewardModel.from_pretrained(tmp_path / "nope")
+        rm.VideoRewardModel.from_pretrained(tmp_path / "nope")
     model.save_pretrained(tmp_path)
     (tmp_path / "reward_head.safetensors").rename(tmp_path / "head.bak")
     with pytest.raises(FileNotFoundError, match="reward_head.safetensors"):
-        vr.VideoRewardModel.from_pretrained(tmp_path)
+        rm.VideoRewardModel.from_pretrained(tmp_path)
     save_file({"bias": torch.zeros(3)}, str(tmp_path / "reward_head.safetensors"))
     with pytest.raises(KeyError, match="weight"):
-        vr.VideoRewardModel.from_pretrained(tmp_path)
+        rm.VideoRewardModel.from_pretrained(tmp_path)
     save_file({"rm_head.weight": torch.zeros(3, 16)}, str(tmp_path / "reward_head.safetensors"))
     with pytest.raises(ValueError, match="shape"):
-        vr.VideoRewardModel.from_pretrained(tmp_path)
+        rm.VideoRewardModel.from_pretrained(tmp_path)
     (tmp_path / "head.bak").replace(tmp_path / "reward_head.safetensors")
     cfg = json.loads((tmp_path / "reward_config.json").read_text())
     del cfg["mean"]
     (tmp_path / "reward_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="mean"):
-        vr.VideoRewardModel.from_pretrained(tmp_path)
+        rm.VideoRewardModel.from_pretrained(tmp_path)
 
 
 # ---- (f) the trainer's weighting -------------------------------------------------------------

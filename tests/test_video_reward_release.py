@@ -1,4 +1,4 @@
-"""VideoAlign release loader (stream_r1_fast.rewards.videoalign).
+"""VideoAlign release loader (stream_r1_fast.rewards.videoalign, release_config, release_weights).
 
 A tiny random Qwen2-VL is fine-tuned the way VideoAlign does it (reward tokens added, the
 embeddings resized, a peft LoRA on every LM linear layer with random weights, a changed vision
@@ -20,9 +20,13 @@ import torch.nn as nn
 
 peft = pytest.importorskip("peft")
 
+from reward_fixtures import tiny_qwen2vl_config, tiny_tokenizer  # noqa: E402
+
+from stream_r1_fast.rewards import model as rm  # noqa: E402
+from stream_r1_fast.rewards import preprocessing as prep  # noqa: E402
+from stream_r1_fast.rewards import release_weights as rw  # noqa: E402
 from stream_r1_fast.rewards import video_reward as vr  # noqa: E402
 from stream_r1_fast.rewards import videoalign as va  # noqa: E402
-from stream_r1_fast.rewards.testing import tiny_qwen2vl_config, tiny_tokenizer  # noqa: E402
 
 # Our own wording, shaped like VideoAlign's templates (str.format field "text_prompt").
 TEMPLATE = ("\nRate this generated video.\nVisual quality: <|VQ_reward|>\nEND\nMotion quality: <|MQ_reward|>\nEND\n"
@@ -101,7 +105,7 @@ def _video_align_model(seed: int = 0):
     lm = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tok_base, tie_word_embeddings=True)).float().eval()
     base_state = {k: v.clone() for k, v in lm.state_dict().items()}
     tok = tiny_tokenizer(reward_tokens=False)
-    tok.add_special_tokens({"additional_special_tokens": list(vr.SPECIAL_TOKENS)})
+    tok.add_special_tokens({"additional_special_tokens": list(rm.SPECIAL_TOKENS)})
     lm.resize_token_embeddings(len(tok))
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():  # "trained" non-LoRA weights: vision tower, the new token rows, the head
@@ -164,10 +168,10 @@ def release(tmp_path_factory):
 def _reference(peft_model, tok, video, prompts) -> torch.Tensor:
     """VideoAlign's forward, independently: the live peft model's hidden states through rm_head,
     read at the three reward tokens -> [B, 3]."""
-    pixels, grid = vr.preprocess_video(video, source_fps=None, **SMALL)
+    pixels, grid = prep.preprocess_video(video, source_fps=None, **SMALL)
     n = int(grid[0].prod()) // 4
     video_text = "<|vision_start|>" + "<|video_pad|>" * n + "<|vision_end|>"
-    texts = [vr.QWEN2_VL_CHAT_FORMAT.replace("{text}", TEMPLATE.format(text_prompt=p)).replace("{video}", video_text)
+    texts = [rm.QWEN2_VL_CHAT_FORMAT.replace("{text}", TEMPLATE.format(text_prompt=p)).replace("{video}", video_text)
              for p in prompts]
     enc = tok(texts, padding="longest", padding_side="right", add_special_tokens=False, return_tensors="pt")
     ids = enc["input_ids"]
@@ -179,7 +183,7 @@ def _reference(peft_model, tok, video, prompts) -> torch.Tensor:
         scores = lm.rm_head(hidden)[..., 0]  # [B, L]
     rows = torch.arange(len(prompts))
     return torch.stack([scores[rows, (ids == tok.convert_tokens_to_ids(t)).int().argmax(1)]
-                        for t in vr.SPECIAL_TOKENS], 1)
+                        for t in rm.SPECIAL_TOKENS], 1)
 
 
 def _video(seed=0):
@@ -221,7 +225,7 @@ def test_release_rewards_equal_the_peft_model(release, layout, tmp_path):
     assert cfg.prompt_template == TEMPLATE.format(text_prompt="{caption}")
     assert cfg.fps == 2.0 and cfg.max_pixels == 112 * 112 and cfg.num_frames is None
     assert cfg.mean == (0.4, -0.3, 1.1) and cfg.std == (2.0, 0.5, 1.5)
-    assert loaded.special_token_ids == release["tok"].convert_tokens_to_ids(list(vr.SPECIAL_TOKENS))
+    assert loaded.special_token_ids == release["tok"].convert_tokens_to_ids(list(rm.SPECIAL_TOKENS))
 
 
 def test_convert_once_then_from_pretrained(release, tmp_path):
@@ -229,7 +233,7 @@ def test_convert_once_then_from_pretrained(release, tmp_path):
     loaded = va.convert_videoalign_release(release["root"] / "adapter", tmp_path / "merged", release["base"],
                                            dtype="fp32", prompt_template=TEMPLATE, source_fps=None,
                                            min_pixels=28 * 28)
-    again = vr.VideoRewardModel.from_pretrained(tmp_path / "merged")
+    again = rm.VideoRewardModel.from_pretrained(tmp_path / "merged")
     assert again.config == loaded.config
     torch.testing.assert_close(again.rewards(video, PROMPTS).raw, loaded.rewards(video, PROMPTS).raw)
     torch.testing.assert_close(again.rewards(video, PROMPTS).raw, _reference(release["model"], release["tok"], video,
@@ -245,7 +249,7 @@ def test_convert_once_then_from_pretrained(release, tmp_path):
 
     with safe_open(str(next((tmp_path / "cli").glob("model*.safetensors"))), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
-    cli = vr.VideoRewardModel.from_pretrained(tmp_path / "cli", source_fps=None, min_pixels=28 * 28)
+    cli = rm.VideoRewardModel.from_pretrained(tmp_path / "cli", source_fps=None, min_pixels=28 * 28)
     assert cli.config.prompt_template == loaded.config.prompt_template
     torch.testing.assert_close(cli.rewards(video, PROMPTS).raw, loaded.rewards(video, PROMPTS).raw,
                                rtol=0.05, atol=0.1)
@@ -339,7 +343,7 @@ def test_base_model_errors(release, tmp_path):
         _load(root, release, base_model=tmp_path / "empty")
     # a local model_name_or_path is used as it is
     _edit_config(root, **{"model_config.model_name_or_path": str(release["base"])})
-    assert isinstance(_load(root, release, base_model=None), vr.VideoRewardModel)
+    assert isinstance(_load(root, release, base_model=None), rm.VideoRewardModel)
 
 
 @pytest.mark.parametrize("changes, error, match", [
@@ -395,18 +399,18 @@ def test_weight_errors(release, tmp_path):
         _load(root, release)
     torch.save(state, path)
     shutil.rmtree(root / f"checkpoint-{STEP}" / "tokenizer")  # -> the base tokenizer + the 3 tokens: same size
-    assert isinstance(_load(root, release), vr.VideoRewardModel)
+    assert isinstance(_load(root, release), rm.VideoRewardModel)
 
 
 def test_key_mapping():
-    assert va.map_module_name("base_model.model.model.layers.0.self_attn.q_proj") == \
+    assert rw.map_module_name("base_model.model.model.layers.0.self_attn.q_proj") == \
         "language_model.layers.0.self_attn.q_proj"
-    assert va.map_module_name("base_model.model.visual.blocks.0.attn.qkv.weight") == "visual.blocks.0.attn.qkv.weight"
-    assert va.map_module_name("model.language_model.norm.weight") == "language_model.norm.weight"
-    assert va.map_module_name("base_model.model.rm_head.weight") == "rm_head.weight"
+    assert rw.map_module_name("base_model.model.visual.blocks.0.attn.qkv.weight") == "visual.blocks.0.attn.qkv.weight"
+    assert rw.map_module_name("model.language_model.norm.weight") == "language_model.norm.weight"
+    assert rw.map_module_name("base_model.model.rm_head.weight") == "rm_head.weight"
     with pytest.raises(KeyError):
-        va.map_module_name("base_model.model.score.weight")
-    lora, other = va.split_state({
+        rw.map_module_name("base_model.model.score.weight")
+    lora, other = rw.split_state({
         "base_model.model.model.layers.1.mlp.up_proj.lora_A.default.weight": torch.zeros(4, 32),
         "base_model.model.model.layers.1.mlp.up_proj.lora_B.default.weight": torch.zeros(64, 4),
         "base_model.model.model.layers.1.mlp.up_proj.base_layer.weight": torch.zeros(64, 32),

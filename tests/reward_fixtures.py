@@ -1,15 +1,11 @@
-"""A tiny random Qwen2-VL VideoReward for tests (no hub access, CPU, fp32).
-
-Not used by the library itself; ``stream_r1_fast.rewards.video_reward.tiny_tokenizer`` and
-``tiny_video_reward`` still resolve here.
-"""
+"""A tiny random Qwen2-VL VideoReward for the reward tests (no hub access, CPU, fp32)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from stream_r1_fast.rewards.video_reward import SPECIAL_TOKENS, VideoRewardConfig, VideoRewardModel
+from stream_r1_fast.rewards.model import SPECIAL_TOKENS, VideoRewardConfig, VideoRewardModel
 
 _TINY_WORDS = ("judge this generated video . it was from the caption : \" visual quality motion text alignment "
                "a red blue green white circle square moves left right up down fast slow on black background "
