@@ -7,11 +7,14 @@ same semantics:
   one dense ``scaled_dot_product_attention`` per block, PyTorch ops only.
 
 :func:`resolve_cache_impl` maps a name (the pipeline's and the rollout's ``cache_impl``
-option) or a class to the class.
+option) or a class to the class. Both derive from :class:`StreamingKVCache`
+(``cache/base.py``: construction from a model, :meth:`~StreamingKVCache.snapshot`, the
+window-holds-a-chunk rule :meth:`CachePolicy.check_chunk`).
 """
 
+from stream_r1_fast.cache.base import CachePolicy, StreamingKVCache
 from stream_r1_fast.cache.rotated_cache import RotatedSinkKVCache
-from stream_r1_fast.cache.sink_cache import CachePolicy, SinkKVCache
+from stream_r1_fast.cache.sink_cache import SinkKVCache
 
 CACHE_IMPLS = {"fused": SinkKVCache, "rotated": RotatedSinkKVCache}
 
@@ -26,4 +29,4 @@ def resolve_cache_impl(impl) -> type:
     raise ValueError(f"cache_impl must be one of {', '.join(map(repr, CACHE_IMPLS))} (or a cache class), got {impl!r}")
 
 
-__all__ = ["CACHE_IMPLS", "CachePolicy", "RotatedSinkKVCache", "SinkKVCache", "resolve_cache_impl"]
+__all__ = ["CACHE_IMPLS", "CachePolicy", "RotatedSinkKVCache", "SinkKVCache", "StreamingKVCache", "resolve_cache_impl"]

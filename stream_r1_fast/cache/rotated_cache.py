@@ -45,12 +45,10 @@ capture of the chunk step in CUDA graphs (one graph per fill phase plus the stea
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
-from stream_r1_fast.cache.sink_cache import CachePolicy, model_cache_sizes
+from stream_r1_fast.cache.base import CachePolicy, StreamingKVCache
 from stream_r1_fast.ops.ema_cache_ref import fold_group
 from stream_r1_fast.ops.rope import rope_angles, rope_axis_dims
 
@@ -66,7 +64,7 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
 
-class RotatedSinkKVCache:
+class RotatedSinkKVCache(StreamingKVCache):
     """KV cache of all blocks of a :class:`~stream_r1_fast.models.CausalWanTransformer` for a
     batch of streams (the :class:`~stream_r1_fast.models.KVCache` protocol), keys stored
     rotated in an age-ordered buffer, attention by ``scaled_dot_product_attention``.
@@ -75,57 +73,34 @@ class RotatedSinkKVCache:
     head_dim] tensor per block with ``N = sink + window + chunk_frames``; slot ``s`` of every
     block holds the frame at RoPE position ``s``. (Separate tensors per block rather than one
     [L, ...] tensor: under torch.compile + Inductor a block's in-place writes then stay in place;
-    with one shared tensor Inductor materialised whole-cache temporaries.) ``chunk_frames`` (default: the window) is the largest chunk
-    the cache takes. Host state: :attr:`occupied` (frames held, the same for every block between
-    chunks).
+    with one shared tensor Inductor materialised whole-cache temporaries.) ``chunk_frames``
+    (default: the window) is the largest chunk the cache takes. Host state: :attr:`occupied`
+    (frames held, the same for every block between chunks). :meth:`nbytes` counts the K/V
+    buffers; the RoPE tables (shared by :meth:`snapshot` copies, never written) add
+    ``2 * N * P * head_dim / 2`` compute-dtype values.
 
     Protocol use (as ``forward_chunk`` does it): any number of :meth:`attend` calls per chunk,
     then on the refresh one :meth:`update` per block, blocks in order 0..L-1; the chunk counts
     as entered after the last block's update.
     """
 
-    #: The name the pipeline's and the rollout's ``cache_impl`` option use for this class.
     impl_name = "rotated"
+    _state = ("keys", "values")
 
-    def __init__(
-        self,
-        num_layers: int,
-        batch_size: int,
-        grid: tuple[int, int],
-        heads: int,
-        head_dim: int,
-        policy: CachePolicy = CachePolicy(),
-        *,
-        chunk_frames: int | None = None,
-        dtype: torch.dtype = torch.bfloat16,
-        device: torch.device | str | None = None,
-        rope_theta: float = 10000.0,
-    ):
-        if batch_size < 1 or num_layers < 1:
-            raise ValueError(f"batch_size and num_layers must be >= 1, got {batch_size} and {num_layers}")
-        if not isinstance(policy, CachePolicy):
-            raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
-        chunk = policy.window_frames if chunk_frames is None else chunk_frames
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= policy.window_frames:
-            raise ValueError(
-                f"chunk_frames must be an int in [1, window_frames = {policy.window_frames}] (the window "
-                f"must hold a chunk), got {chunk_frames!r}"
-            )
+    def _allocate(self, batch_size: int, heads: int, head_dim: int, dtype: torch.dtype, device, *,
+                  chunk_frames: int | None = None, rope_theta: float = 10000.0) -> None:
+        policy = self.policy
+        self.chunk_frames = policy.check_chunk(policy.window_frames if chunk_frames is None else chunk_frames)
         if head_dim % 2 or head_dim < 6:
             raise ValueError(f"head_dim must be even and >= 6 (Wan's 3-D RoPE), got {head_dim}")
-        self.policy = policy
-        self.grid = (int(grid[0]), int(grid[1]))
-        self.chunk_frames = chunk
         self.rope_theta = float(rope_theta)
-        p = self.grid[0] * self.grid[1]
-        n = policy.slots + chunk
+        n = policy.slots + self.chunk_frames
         self.capacity = n
-        shape = (batch_size, n, p, heads, head_dim)
+        shape = (batch_size, n, self.tokens_per_frame, heads, head_dim)
         # One tensor per block (not one [L, ...] tensor): under torch.compile each block's
         # in-place writes then touch its own graph input only, which Inductor keeps in place.
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.num_layers = num_layers
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.num_layers)]
         self.occupied = 0  # frames held before the current chunk (host int, never read from the device)
         self._next_update = 0  # the block whose update comes next on a refresh
         # RoPE tables, once: every slot's full angles (a chunk's q/k), and the temporal angles of
@@ -139,28 +114,11 @@ class RotatedSinkKVCache:
         self._cos_t, self._sin_t = ang_t.cos().to(cd), ang_t.sin().to(cd)  # row r: a move by r - N frames
 
     @classmethod
-    def for_model(
-        cls,
-        model,
-        batch_size: int,
-        latent_height: int,
-        latent_width: int,
-        policy: CachePolicy = CachePolicy(),
-        *,
-        chunk_frames: int | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> "RotatedSinkKVCache":
-        """A cache sized for ``model`` (a CausalWanTransformer), latent frames of H x W and chunks
-        of at most ``chunk_frames`` latent frames (default: the window)."""
-        return cls(**model_cache_sizes(model, batch_size, latent_height, latent_width, dtype, device), policy=policy,
-                   chunk_frames=chunk_frames, rope_theta=getattr(model, "rope_theta", 10000.0))
+    def _model_options(cls, model, policy: CachePolicy, chunk_frames: int | None) -> dict:
+        """Chunks of at most ``chunk_frames`` (default: the window); the model's RoPE theta."""
+        return dict(chunk_frames=chunk_frames, rope_theta=getattr(model, "rope_theta", 10000.0))
 
     # ------------------------------------------------------------------ host-side plan
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.grid[0] * self.grid[1]
 
     def evicted(self, frames: int | None = None) -> int:
         """Frames the next refresh of ``frames`` (default: chunk_frames) frames evicts."""
@@ -305,21 +263,6 @@ class RotatedSinkKVCache:
         self.occupied = min(self.occupied, self.policy.sink_frames)
         self._next_update = 0
 
-    def snapshot(self) -> "RotatedSinkKVCache":
-        """An independent copy (its own K/V tensors and host state; the RoPE tables are shared,
-        they are never written)."""
-        snap = copy.copy(self)
-        snap.keys, snap.values = [k.clone() for k in self.keys], [v.clone() for v in self.values]
-        return snap
-
     @property
     def batch_size(self) -> int:
         return self.keys[0].shape[0]
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (*self.keys, *self.values)
-
-    def nbytes(self) -> int:
-        """Bytes held by the cache's K/V buffers (constant for the cache's lifetime; the RoPE
-        tables add ``2 * N * P * head_dim / 2`` compute-dtype values)."""
-        return sum(t.untyped_storage().nbytes() for t in self.tensors())

@@ -21,127 +21,34 @@ chunks of 3) are ``CachePolicy(sink_frames=3, window_frames=3)``.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import torch
 
+from stream_r1_fast.cache.base import StreamingKVCache
 from stream_r1_fast.ops import ema_cache_update, sink_attention
 
 
-@dataclasses.dataclass(frozen=True)
-class CachePolicy:
-    """How much context a stream keeps.
-
-    sink_frames: latent frames of attention sink (0: no sink, a plain sliding window).
-    window_frames: latent frames of the sliding window (a ring), >= 1; must hold at least one
-        chunk.
-    alpha: EMA weight of the old sink each time evicted frames are folded in (one EMA step per
-        sink frame per eviction, at every chunk and sink length; ``1.0``: a static sink that
-        keeps the first frames; Reward Forcing: 0.999).
-    """
-
-    sink_frames: int = 3
-    window_frames: int = 3
-    alpha: float = 0.999
-
-    def __post_init__(self):
-        if isinstance(self.sink_frames, bool) or not isinstance(self.sink_frames, int) or self.sink_frames < 0:
-            raise ValueError(f"sink_frames must be an int >= 0, got {self.sink_frames!r}")
-        if isinstance(self.window_frames, bool) or not isinstance(self.window_frames, int) or self.window_frames < 1:
-            raise ValueError(f"window_frames must be an int >= 1, got {self.window_frames!r}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-
-    @classmethod
-    def ema_sink(cls, sink_frames: int = 3, window_frames: int = 3, alpha: float = 0.999) -> "CachePolicy":
-        """Reward Forcing's EMA-Sink (the default)."""
-        return cls(sink_frames, window_frames, alpha)
-
-    @classmethod
-    def static_sink(cls, sink_frames: int = 3, window_frames: int = 3) -> "CachePolicy":
-        """The first frames stay the sink for ever (Self-Forcing / StreamingLLM style)."""
-        return cls(sink_frames, window_frames, 1.0)
-
-    @classmethod
-    def no_sink(cls, window_frames: int = 6) -> "CachePolicy":
-        """A plain sliding window."""
-        return cls(0, window_frames, 1.0)
-
-    @property
-    def slots(self) -> int:
-        return self.sink_frames + self.window_frames
-
-
-def model_cache_sizes(model, batch_size: int, latent_height: int, latent_width: int, dtype=None, device=None) -> dict:
-    """The constructor arguments every cache class shares, read off ``model`` (a
-    CausalWanTransformer) for latent frames of H x W: layers, batch, token grid, heads, head
-    dim, and dtype / device (default: the model's parameters')."""
-    cfg = model.config
-    param = next(model.parameters())
-    return dict(num_layers=cfg.num_layers, batch_size=batch_size, grid=model.latent_grid(latent_height, latent_width),
-                heads=cfg.num_attention_heads, head_dim=cfg.attention_head_dim, dtype=dtype or param.dtype,
-                device=device or param.device)
-
-
-class SinkKVCache:
+class SinkKVCache(StreamingKVCache):
     """KV cache of all blocks of a :class:`~stream_r1_fast.models.CausalWanTransformer` for a
     batch of streams (the :class:`~stream_r1_fast.models.KVCache` protocol).
 
     Tensors (fixed size, allocated once): ``keys``/``values`` [num_layers, B, S, P, heads,
     head_dim], ``positions`` int32 [num_layers, S], ``state`` int32 [num_layers, 4]; block i uses
     the contiguous views ``keys[i]`` etc. Every block holds the same frames (one update per block
-    per chunk), so the per-block position tables are equal.
+    per chunk), so the per-block position tables are equal. Any chunk up to the window fits
+    (``for_model``'s ``chunk_frames`` is only checked); construction, :meth:`snapshot` and
+    :meth:`nbytes` come from :class:`~stream_r1_fast.cache.base.StreamingKVCache`.
     """
 
-    #: The name the pipeline's and the rollout's ``cache_impl`` option use for this class.
     impl_name = "fused"
+    _state = ("keys", "values", "positions", "state")
 
-    def __init__(
-        self,
-        num_layers: int,
-        batch_size: int,
-        grid: tuple[int, int],
-        heads: int,
-        head_dim: int,
-        policy: CachePolicy = CachePolicy(),
-        *,
-        dtype: torch.dtype = torch.bfloat16,
-        device: torch.device | str | None = None,
-    ):
-        if batch_size < 1 or num_layers < 1:
-            raise ValueError(f"batch_size and num_layers must be >= 1, got {batch_size} and {num_layers}")
-        self.policy = policy
-        self.grid = (int(grid[0]), int(grid[1]))
-        p = self.grid[0] * self.grid[1]
-        shape = (num_layers, batch_size, policy.slots, p, heads, head_dim)
+    def _allocate(self, batch_size: int, heads: int, head_dim: int, dtype: torch.dtype, device) -> None:
+        slots = self.policy.slots
+        shape = (self.num_layers, batch_size, slots, self.tokens_per_frame, heads, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.positions = torch.full((num_layers, policy.slots), -1, dtype=torch.int32, device=device)
-        self.state = torch.zeros((num_layers, 4), dtype=torch.int32, device=device)
-
-    @classmethod
-    def for_model(
-        cls,
-        model,
-        batch_size: int,
-        latent_height: int,
-        latent_width: int,
-        policy: CachePolicy = CachePolicy(),
-        *,
-        chunk_frames: int | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> "SinkKVCache":
-        """A cache sized for ``model`` (a CausalWanTransformer) and latent frames of H x W.
-        ``chunk_frames``: accepted for the interface of
-        :meth:`RotatedSinkKVCache.for_model <stream_r1_fast.cache.RotatedSinkKVCache.for_model>`;
-        this cache takes any chunk up to the window, so it only checks that one fits."""
-        if chunk_frames is not None and not 1 <= chunk_frames <= policy.window_frames:
-            raise ValueError(
-                f"chunk_frames must be in [1, window_frames = {policy.window_frames}], got {chunk_frames!r}"
-            )
-        return cls(**model_cache_sizes(model, batch_size, latent_height, latent_width, dtype, device), policy=policy)
+        self.positions = torch.full((self.num_layers, slots), -1, dtype=torch.int32, device=device)
+        self.state = torch.zeros((self.num_layers, 4), dtype=torch.int32, device=device)
 
     # ------------------------------------------------------------------ the KVCache protocol
 
@@ -192,21 +99,6 @@ class SinkKVCache:
         self.state[:, 1:3] = 0  # state per block: (sink_filled, ring_start, ring_count, next_pos)
         self.state[:, 3] = self.state[:, 0]
 
-    def snapshot(self) -> "SinkKVCache":
-        """An independent copy (its own tensors): what a gradient-carrying forward attends to
-        while the live cache is updated in place afterwards."""
-        snap = copy.copy(self)
-        snap.keys, snap.values = self.keys.clone(), self.values.clone()
-        snap.positions, snap.state = self.positions.clone(), self.state.clone()
-        return snap
-
     @property
     def batch_size(self) -> int:
         return self.keys.shape[1]
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.keys, self.values, self.positions, self.state)
-
-    def nbytes(self) -> int:
-        """Bytes held by the cache's tensors (constant for the cache's lifetime)."""
-        return sum(t.untyped_storage().nbytes() for t in self.tensors())
