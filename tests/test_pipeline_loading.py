@@ -46,13 +46,13 @@ def no_weights_read(monkeypatch):
     """Every weight reader fails the test if called."""
     import safetensors.torch
 
-    import stream_r1_fast.inference.pipeline as pipeline_mod
+    import stream_r1_fast.inference.assembly as assembly_mod
     import stream_r1_fast.models.loading as loading_mod
 
     def forbidden(*a, **k):
         raise AssertionError("weights were read before the arguments were checked")
 
-    monkeypatch.setattr(pipeline_mod, "load_transformer", forbidden)
+    monkeypatch.setattr(assembly_mod, "load_transformer", forbidden)
     monkeypatch.setattr(loading_mod, "load_vae", forbidden)
     monkeypatch.setattr(loading_mod, "merge_lora", forbidden)
     monkeypatch.setattr(PromptEncoder, "from_parts", forbidden)

@@ -9,11 +9,10 @@ Memory is constant in the stream's length: the KV cache, the text K/V and the VA
 feature cache have fixed sizes and nothing is accumulated (the caller keeps what it wants).
 """
 
+
 from __future__ import annotations
 
-import dataclasses
 import math
-import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -21,134 +20,28 @@ import torch
 
 from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
 from stream_r1_fast.devices import resolve_device
+from stream_r1_fast.inference.assembly import as_dtype, load_parts, resolve_dtype
+from stream_r1_fast.inference.live import LiveStream
+from stream_r1_fast.inference.recache import LatentHistory, recache_kv
 from stream_r1_fast.inference.sampler import FlowMatchSampler
-from stream_r1_fast.inference.text import PromptEncoder, as_prompt_list
+from stream_r1_fast.inference.schedule import LivePromptSchedule, PromptSchedule, StreamChunk
+from stream_r1_fast.inference.text import PromptEncoder
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, codec_factors, to_uint8_frames
-from stream_r1_fast.models.loading import load_transformer
 from stream_r1_fast.models.wan import CausalWanTransformer
 
+# The stream's pieces live beside this file: loading (assembly.py), prompt schedules and the
+# chunks handed out (schedule.py), the KV recache (recache.py), live streams (live.py).
+__all__ = ["CHUNK_FRAMES", "LatentHistory", "LiveStream", "PromptSchedule", "StreamChunk", "StreamingPipeline",
+           "chunks_for_frames"]
 
-_DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "half": torch.float16, "fp32": torch.float32,
-                "float": torch.float32}
-
-
-def _as_dtype(value) -> torch.dtype | None:
-    """A floating-point torch dtype from a dtype or its name ('bfloat16', 'torch.float16', 'bf16'), or None."""
-    if isinstance(value, torch.dtype):
-        return value if value.is_floating_point else None
-    if isinstance(value, str):
-        name = value.strip().lower().removeprefix("torch.")
-        dt = _DTYPE_NAMES.get(name) or getattr(torch, name, None)
-        return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else None
-    return None
+CHUNK_FRAMES = 3  # latent frames per chunk: the pipeline's default (what the command line generates with)
 
 
-def resolve_dtype(dtype, torch_dtype, name: str = "dtype", default: torch.dtype | None = torch.bfloat16):
-    """``dtype`` / ``torch_dtype`` (diffusers' name) -> a floating-point torch dtype; giving both
-    with different values, or anything else than a float dtype, is a ValueError naming it."""
-    for value, arg in ((dtype, name), (torch_dtype, "torch_dtype")):
-        if value is not None and _as_dtype(value) is None:
-            raise ValueError(f"{arg}={value!r}: not a floating-point torch dtype "
-                             "(torch.bfloat16, torch.float16, torch.float32, or their names)")
-    if dtype is not None and torch_dtype is not None and _as_dtype(dtype) != _as_dtype(torch_dtype):
-        raise ValueError(f"{name}={dtype!r} and torch_dtype={torch_dtype!r} disagree: give one of them")
-    value = dtype if dtype is not None else torch_dtype
-    return default if value is None else _as_dtype(value)
-
-
-def _check_lora_path(lora) -> None:
-    p = Path(lora)
-    where = f"lora={str(lora)!r}"
-    if not p.exists():
-        raise FileNotFoundError(f"{where}: no such LoRA file or folder")
-    if p.is_dir():
-        if not (p / "adapter_config.json").is_file() or not any(
-            (p / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")
-        ):
-            raise FileNotFoundError(f"{where}: a peft adapter folder needs adapter_config.json and adapter_model.safetensors")
-    elif p.suffix not in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
-        raise ValueError(f"{where}: unknown LoRA type (expected a peft adapter folder, .safetensors, .pt or .pth)")
-
-
-@dataclasses.dataclass
-class StreamChunk:
-    """One generated chunk of a batch of streams.
-
-    index: chunk number in the stream (0-based). latents: clean latents [B, C, Fq, h, w]
-    (float32, on the model's device). frames: uint8 [B, T, H, W, 3] on the CPU, or None
-    without decoding. first_frame: index of the chunk's first video frame in the stream.
-    prompts: the prompt of each stream for this chunk (always a list of str).
-    prompt_since: the chunk at which these prompts took effect (``== index`` on the chunk where
-    a switch took effect: switches happen at chunk boundaries). recached: a KV recache
-    (:meth:`StreamingPipeline.stream`'s ``recache``) ran before this chunk, under its prompts.
-    """
-
-    index: int
-    latents: torch.Tensor
-    frames: torch.Tensor | None
-    first_frame: int
-    prompts: list[str]
-    prompt_since: int = 0
-    recached: bool = False
-
-
-def _checked_prompts(prompts, where: str) -> list[str]:
-    """A prompt or a list of them (one per stream) -> a list of non-empty prompts; the error
-    names ``where`` (e.g. "the prompt of chunk 3") and the stream."""
-    out = as_prompt_list(prompts, where)
-    for b, p in enumerate(out):
-        if not p.strip():
-            raise ValueError(where + (f" (stream {b})" if len(out) > 1 else "") + f" is empty: {p!r}")
-    return out
-
-
-class PromptSchedule:
-    """Which prompts hold from which chunk on: ``{chunk_index: prompt or [prompt per stream]}``.
-
-    A schedule must start at chunk 0. A plain str / list of str is the schedule ``{0: it}``.
-    Every prompt is checked here, so a bad entry fails before the first chunk, not when it is
-    reached: a prompt must be a non-empty str with more than whitespace in it.
-    """
-
-    def __init__(self, entries: Mapping[int, str | Sequence[str]]):
-        if not isinstance(entries, Mapping) or not entries:
-            raise TypeError(f"a prompt schedule is a non-empty dict {{chunk: prompt}}, got {type(entries).__name__}")
-        items = {}
-        for k, v in entries.items():
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise ValueError(f"prompt schedule keys must be chunk indices >= 0, got {k!r}")
-            items[k] = _checked_prompts(v, f"the prompt of chunk {k}")
-        if 0 not in items:
-            raise ValueError(f"a prompt schedule must give the prompt of chunk 0, got chunks {sorted(items)}")
-        self.entries = dict(sorted(items.items()))
-        self.batch_size()  # entries of different batch sizes fail here too
-
-    @classmethod
-    def of(cls, prompt) -> "PromptSchedule":
-        if isinstance(prompt, PromptSchedule):
-            return prompt
-        if isinstance(prompt, Mapping):
-            return cls(prompt)
-        return cls({0: as_prompt_list(prompt)})
-
-    def batch_size(self) -> int:
-        """Streams in the batch (1 when every entry is a single prompt)."""
-        sizes = {len(v) for v in self.entries.values()} - {1}
-        if len(sizes) > 1:
-            raise ValueError(f"prompt schedule entries give different batch sizes: {sorted(sizes)}")
-        return sizes.pop() if sizes else 1
-
-    def at(self, chunk: int) -> list[str] | None:
-        """The prompts that start at ``chunk``, or None if nothing changes there."""
-        return self.entries.get(chunk)
-
-    def take(self, chunk: int) -> tuple[list[str], bool | None] | None:
-        """What the chunk loop reads before chunk ``chunk``: None if the prompts do not change
-        there, else ``(prompts, recache)`` — the prompts as a list of non-empty str (an entry
-        added to :attr:`entries` after the schedule was built is checked here, and a plain
-        str stays one prompt) and whether to recache (None: the stream's ``recache``)."""
-        prompts = self.at(chunk)
-        return None if prompts is None else (_checked_prompts(prompts, f"the prompt of chunk {chunk}"), None)
+def chunks_for_frames(num_frames: int, temporal_factor: int, chunk_frames: int = CHUNK_FRAMES) -> int:
+    """Chunks needed for at least ``num_frames`` video frames with a codec of ``temporal_factor``
+    (the first latent frame gives one video frame, each later one ``temporal_factor``): 81 frames
+    -> 21 latent frames -> 7 chunks of 3."""
+    return math.ceil((1 + math.ceil((num_frames - 1) / temporal_factor)) / chunk_frames)
 
 
 class StreamingPipeline:
@@ -182,7 +75,7 @@ class StreamingPipeline:
         prompt_encoder: PromptEncoder | None = None,
         *,
         sampler: FlowMatchSampler = FlowMatchSampler(),
-        chunk_frames: int = 3,
+        chunk_frames: int = CHUNK_FRAMES,
         compile_step: bool = False,
         compile_options: dict | None = None,
         cache_impl: str = "fused",
@@ -260,51 +153,15 @@ class StreamingPipeline:
         Every argument, path and file layout is checked before any weight is read: a bad one
         raises (ValueError / TypeError / FileNotFoundError, naming the argument and the path).
         Third-party warnings and progress bars are silenced while loading
-        (``STREAM_R1_FAST_VERBOSE=1`` keeps them).
+        (``STREAM_R1_FAST_VERBOSE=1`` keeps them). The loading itself:
+        :func:`stream_r1_fast.inference.assembly.load_parts`.
         """
-        from stream_r1_fast.models.loading import (
-            check_checkpoint_path,
-            find_wan_folder,
-            load_vae,
-            merge_lora,
-            quiet_loading,
-        )
-
-        # -- everything that can be checked without the weights
         cls._check_options(**kwargs)
-        dtype = resolve_dtype(dtype, torch_dtype)
-        enc_dtype = resolve_dtype(text_encoder_dtype, None, "text_encoder_dtype", default=dtype)
-        device = resolve_device(device)
-        if not isinstance(offload_text_encoder, bool):
-            raise TypeError(f"offload_text_encoder must be True or False, got {offload_text_encoder!r}")
-        if which not in ("auto", "generator", "generator_ema"):
-            raise ValueError(f"which must be 'auto', 'generator' or 'generator_ema', got {which!r}")
-        folder = find_wan_folder(path, "path", transformer_weights=checkpoint is None)
-        if checkpoint is not None:
-            check_checkpoint_path(checkpoint, "checkpoint")
-        if lora is not None:
-            _check_lora_path(lora)
-        if lora_alpha is not None and (isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or lora_alpha <= 0):
-            raise ValueError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
-        config = folder.transformer_config()
-        cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-        try:
-            with torch.device("meta"):
-                CausalWanTransformer.from_config(cfg)
-        except Exception as exc:  # a config that cannot build the model is the folder's fault
-            raise ValueError(f"path={str(path)!r}: {folder.transformer / 'config.json'} does not describe a "
-                             f"Wan transformer: {exc}") from None
-
-        # -- the weights
-        with quiet_loading():
-            load_dtype = torch.float32 if lora is not None else dtype
-            transformer = load_transformer(checkpoint or folder.transformer, config, which=which,
-                                           dtype=load_dtype, device=device)
-            if lora is not None:
-                transformer = merge_lora(transformer, lora, alpha=lora_alpha).to(dtype)
-            vae = load_vae(folder.vae, dtype=torch.float32, device=device)
-            encoder = PromptEncoder.from_parts(folder.tokenizer, folder.text_encoder, dtype=enc_dtype, device=device,
-                                               offload=offload_text_encoder)
+        transformer, vae, encoder = load_parts(
+            path, checkpoint=checkpoint, which=which, lora=lora, lora_alpha=lora_alpha, dtype=dtype,
+            torch_dtype=torch_dtype, device=device, text_encoder_dtype=text_encoder_dtype,
+            offload_text_encoder=offload_text_encoder,
+        )
         return cls(transformer, vae, encoder, **kwargs)
 
     # ------------------------------------------------------------------ placement
@@ -315,7 +172,7 @@ class StreamingPipeline:
         the text encoder; the VAE stays in float32 (as :meth:`from_pretrained` loads it). An
         offloaded text encoder stays on the CPU and encodes on the new device. Returns self."""
         for a in args:
-            if isinstance(a, (torch.dtype, str)) and _as_dtype(a) is not None:
+            if isinstance(a, (torch.dtype, str)) and as_dtype(a) is not None:
                 dtype = a if dtype is None else dtype
             elif isinstance(a, (str, torch.device)):
                 device = a if device is None else device
@@ -377,9 +234,7 @@ class StreamingPipeline:
         """Chunks needed for at least ``num_frames`` video frames (81 frames -> 21 latent -> 7)."""
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        t = self.vae_factors[0]
-        latent = 1 + math.ceil((num_frames - 1) / t)
-        return math.ceil(latent / self.chunk_frames)
+        return chunks_for_frames(num_frames, self.vae_factors[0], self.chunk_frames)
 
     def _latent_size(self, height: int, width: int) -> tuple[int, int]:
         s = self.vae_factors[1]
@@ -434,7 +289,7 @@ class StreamingPipeline:
                 a chunk.
             decode: decode frames with the VAE (needs one); otherwise ``frames`` is None.
             recache: at every prompt switch after chunk 0, re-encode the cached frames under
-                the new prompt (LongLive's KV recache, :meth:`_recache`) before the chunk where
+                the new prompt (LongLive's KV recache, :func:`~stream_r1_fast.inference.recache.recache_kv`) before the chunk where
                 the switch takes effect, so that their self-attention K/V stop carrying the old
                 prompt's conditioning; off, a switch only replaces the text K/V. Each chunk
                 says where its prompts took effect (``prompt_since``) and whether a recache
@@ -511,7 +366,7 @@ class StreamingPipeline:
                 text = new_text if text is None else text.copy_(new_text)
                 since = n
                 if n > 0 and (recache if want is None else want):
-                    recached = self._recache(cache, history, text, times, policy)
+                    recached = recache_kv(model, self.chunk_frames, cache, history, text, times, policy)
             noise = self.sampler.draw_chunk_noise(shape, generator, device=self.device)
             x0 = self.chunk_step(model, noise, text, cache, times)
             if history is not None:
@@ -520,52 +375,6 @@ class StreamingPipeline:
             yield StreamChunk(n, x0, frames, first_frame, list(prompts), since, recached)
             first_frame += frames.shape[1] if frames is not None else 0
             n += 1
-
-    @torch.no_grad()
-    def _recache(self, cache, history: "LatentHistory | None", text, times, policy: CachePolicy) -> bool:
-        """LongLive's KV recache at a prompt switch: rebuild the self-attention cache from the
-        clean latents of the frames it holds, re-run through the context refresh (t = 0,
-        ``update_cache=True``) under the new prompt's ``text``, in their order and in the
-        chunks they were made in (a frame's K/V depend on the frames of its chunk and on the
-        cache before it). Returns whether anything was recomputed.
-
-        What is recomputed, with S sink and W window frames after F frames made:
-
-        * F <= S + W (nothing evicted yet): the cache holds frames 0..F-1 exactly (the sink is
-          the first frames, nothing folded into it): it is emptied (``reset()``) and every frame
-          re-fed from frame 0, sink included — what the cache would hold had these latents
-          been made under the new prompt.
-        * F > S + W: the window (the last W frames) is emptied and re-fed after the sink; the
-          **sink is kept as it is**. Under EMA (alpha < 1) the sink is a running fold of every
-          frame evicted since the start, which the latents of a bounded history cannot
-          recompute; a static sink (alpha = 1) is kept too, as LongLive keeps its frame sink
-          (it rewrites the sink only when the recached frames start at frame 0, the case
-          above). The window is re-fed against that sink, so the frames attend to what they
-          will be attended with.
-
-        Positions are window-relative, so the rebuilt cache has the positions of the one it
-        replaces. Cost: one refresh forward per recached chunk (the window's, at most
-        ceil((S + W) / chunk_frames) + 1 forwards)."""
-        if history is None or not history.chunks:
-            return False
-        model, cf = self.transformer, self.chunk_frames
-        s, w = policy.sink_frames, policy.window_frames
-        made = history.end
-        if made <= s + w or s == 0:
-            cache.reset()
-            start = 0 if made <= s + w else made - w
-        else:
-            _clear_window(cache)
-            start = made - w
-        batch = history.chunks[0][1].shape[0]
-        for first, x0 in history.chunks:
-            lo = max(start - first, 0)
-            if lo >= x0.shape[2]:
-                continue
-            piece = x0[:, :, lo:]
-            t = times[-1] if piece.shape[2] == cf else model.time_context(0.0, batch, piece.shape[2])
-            model.forward_chunk(piece, t, text, cache, update_cache=True)
-        return True
 
     def generate(self, prompt, num_frames: int, **kwargs) -> torch.Tensor:
         """A whole video: uint8 [B, num_frames, H, W, 3] (convenience over :meth:`stream`)."""
@@ -579,175 +388,3 @@ class StreamingPipeline:
         :meth:`stream` (``num_chunks`` defaults to None: until closed; ``recache``: the default
         of every switch)."""
         return LiveStream(self, prompt, **kwargs)
-
-
-class LatentHistory:
-    """The clean latents of the last ``frames`` latent frames of a stream, by chunk: what a KV
-    recache re-encodes. Holds whole chunks, the fewest that cover the last ``frames`` frames
-    (at most ``frames + chunk_frames - 1`` frames); ``end``: latent frames made so far."""
-
-    def __init__(self, frames: int):
-        self.frames = frames
-        self.chunks: list[tuple[int, torch.Tensor]] = []  # (first latent frame, latents [B, C, f, h, w])
-        self.end = 0
-
-    def add(self, x0: torch.Tensor) -> None:
-        self.chunks.append((self.end, x0.detach().clone()))  # the caller may change the chunk it is handed
-        self.end += x0.shape[2]
-        while self.chunks and self.end - (self.chunks[0][0] + self.chunks[0][1].shape[2]) >= self.frames:
-            self.chunks.pop(0)
-
-    def held_frames(self) -> int:
-        return sum(x.shape[2] for _, x in self.chunks)
-
-
-def _clear_window(cache) -> None:
-    """Empty the window of a cache whose sink is full, keeping the sink (the cache's own
-    ``clear_window()``: SinkKVCache and RotatedSinkKVCache have one)."""
-    clear = getattr(cache, "clear_window", None)
-    if not callable(clear):
-        raise NotImplementedError(f"a KV recache that keeps the sink needs a cache with clear_window() "
-                                  f"(SinkKVCache, RotatedSinkKVCache); got {type(cache).__name__}")
-    clear()
-
-
-# ---------------------------------------------------------------------- live streams
-
-
-class LivePromptSchedule(PromptSchedule):
-    """A prompt schedule that can be changed while its stream runs: :meth:`set` queues prompts
-    for the next chunk the stream starts (with or without a recache). Thread-safe; the chunk
-    loop of :meth:`StreamingPipeline.stream` reads it through :meth:`take` as it reads any
-    schedule, so a schedule fixed in advance and live switches take the same path."""
-
-    def __init__(self, prompt: str | Sequence[str]):
-        super().__init__({0: prompt})
-        self._lock = threading.Lock()
-        self._pending: tuple[list[str], bool | None] | None = None
-        self.last_change = 0  # the chunk at which the prompts in force took effect
-
-    def set(self, prompts: str | Sequence[str], recache: bool | None = None) -> None:
-        """Queue ``prompts`` (a str is one prompt) for the next chunk that starts; ``recache``:
-        whether to recache there (None: the stream's default). A later call before that chunk
-        replaces this one."""
-        prompts = _checked_prompts(prompts, "the prompt")
-        with self._lock:
-            self._pending = (prompts, recache)
-
-    def take(self, chunk: int) -> tuple[list[str], bool | None] | None:
-        if chunk == 0:
-            return list(self.entries[0]), None
-        with self._lock:
-            pending, self._pending = self._pending, None
-        if pending is not None:
-            self.last_change = chunk
-        return pending
-
-    def at(self, chunk: int) -> list[str] | None:
-        taken = self.take(chunk)
-        return None if taken is None else taken[0]
-
-
-@dataclasses.dataclass
-class LiveChunk(StreamChunk):
-    """A :class:`StreamChunk` of a live stream (``prompt_since``: the chunk at which this chunk's
-    prompts took effect, ``== index`` on the chunk where a switch took effect; ``recached``: a
-    KV recache ran before it)."""
-
-
-class LiveStream:
-    """One live stream of :meth:`StreamingPipeline.open_stream`.
-
-    ``next(live)`` (or iteration) generates the next :class:`LiveChunk`; :meth:`switch` may be
-    called from another thread while a chunk is being made (it then takes effect at the chunk
-    after it); :meth:`close` may be called from any thread at any time: a chunk in progress
-    finishes, and the stream's generator (its KV cache, decoder state, text K/V) is released
-    at once or when that chunk is done.
-    """
-
-    def __init__(self, pipe: "StreamingPipeline", prompt: str | Sequence[str], *, num_chunks: int | None = None,
-                 recache: bool = False, **kwargs):
-        self.pipe = pipe
-        self.schedule = LivePromptSchedule(prompt)
-        self.batch = self.schedule.batch_size()
-        self.check(self.schedule.entries[0])
-        self.recache = recache
-        self._gen = pipe.stream(self.schedule, num_chunks=num_chunks, recache=recache, **kwargs)
-        self._step_lock = threading.Lock()
-        self._closed = False
-        self.chunks_made = 0
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def check(self, prompt: str | Sequence[str]) -> list[str]:
-        """The prompt(s) as a list, or a TypeError / ValueError saying why the pipeline's text
-        encoder cannot take them (the toy world's closed vocabulary); no state changes."""
-        prompts = _checked_prompts(prompt, "the prompt")
-        if len(prompts) not in (1, self.batch):
-            raise ValueError(f"{len(prompts)} prompts for a live stream of {self.batch} streams")
-        encoder = self.pipe.prompt_encoder
-        if encoder is None:
-            raise RuntimeError("this pipeline has no text encoder: build it with prompt_encoder=...")
-        check = getattr(encoder, "check_prompt", None)
-        if check is not None:
-            for p in prompts:
-                check(p)
-        else:
-            with torch.no_grad():
-                encoder(prompts)  # raises for what it cannot encode (an encoder with a cache keeps the result)
-        return prompts
-
-    def switch(self, prompt: str | Sequence[str], recache: bool | None = None) -> None:
-        """Use ``prompt`` from the next chunk that starts (the text conditioning is re-encoded
-        there). ``recache``: re-encode the cached frames under the new prompt there too
-        (:meth:`StreamingPipeline._recache`; None: the stream's ``recache``); otherwise the
-        self-attention cache is kept as it is. The chunk where the switch took effect has
-        ``prompt_since == index`` (and ``recached``). Raises (and changes nothing) for a prompt
-        the text encoder cannot take."""
-        if self._closed:
-            raise RuntimeError("the live stream is closed")
-        if recache is not None and not isinstance(recache, bool):
-            raise TypeError(f"recache must be True, False or None, got {recache!r}")
-        self.schedule.set(self.check(prompt), recache)
-
-    def __iter__(self) -> "LiveStream":
-        return self
-
-    def __next__(self) -> LiveChunk:
-        try:
-            with self._step_lock:
-                if self._closed:
-                    raise StopIteration
-                try:
-                    chunk = next(self._gen)
-                except BaseException:
-                    self._release()
-                    raise
-                self.chunks_made += 1
-                return LiveChunk(**{f.name: getattr(chunk, f.name) for f in dataclasses.fields(StreamChunk)})
-        finally:
-            if self._closed and self._gen is not None:  # closed while this chunk was being made
-                self.close()
-
-    def _release(self) -> None:
-        self._closed = True
-        gen, self._gen = self._gen, None
-        if gen is not None:
-            gen.close()
-
-    def close(self) -> None:
-        """End the stream; idempotent, callable from any thread, never waits for a chunk."""
-        self._closed = True
-        if self._step_lock.acquire(blocking=False):
-            try:
-                self._release()
-            finally:
-                self._step_lock.release()
-
-    def __enter__(self) -> "LiveStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
