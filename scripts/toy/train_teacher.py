@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from stream_r1_fast.inference.sampler import shift_timesteps
 from stream_r1_fast.models import CausalWanTransformer
+from stream_r1_fast.scheduling import add_noise, shift_timesteps, velocity
 from stream_r1_fast.toy.codec import ToyCodec
 from stream_r1_fast.toy.fit import Fitter, warmup_cosine
 from stream_r1_fast.toy.models import TEACHER_CONFIG, WEIGHTS, load_transformer_file, save_transformer
@@ -54,10 +54,9 @@ def main(argv=None) -> None:
             x0 = codec.encode(video)
         eps = torch.randn(x0.shape, generator=g)
         u = torch.rand(args.batch, generator=g)
-        s = torch.tensor(shift_timesteps((u * 1000).tolist(), 3.0)) / 1000.0
-        x_t = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * eps
-        v = model(x_t, s * 1000.0, text(captions)).sample
-        fit.step(step, ((v.float() - (eps - x0)) ** 2).mean())
+        t = torch.tensor(shift_timesteps((u * 1000).tolist(), 3.0))
+        v = model(add_noise(x0, eps, t), t, text(captions)).sample
+        fit.step(step, ((v.float() - velocity(x0, eps)) ** 2).mean())
     model.eval()
     save_transformer(model, args.out, steps=args.steps, seed=args.seed, final_loss_ema=f"{fit.ema:.4f}",
                      train_seconds=f"{fit.elapsed:.0f}")

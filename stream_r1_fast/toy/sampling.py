@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from stream_r1_fast.inference.sampler import shift_timesteps
+from stream_r1_fast.scheduling import euler_step, shift_timesteps
 
 
 @torch.no_grad()
@@ -24,5 +24,5 @@ def euler_sample(model, text, uncond_text, noise: torch.Tensor, steps: int = 24,
         if cfg != 1.0:
             v_u = model(x, t, uncond_text).sample.float()
             v = v_u + cfg * (v - v_u)
-        x = x + (t_next - t) / 1000.0 * v
+        x = euler_step(x, v, t, t_next)
     return x

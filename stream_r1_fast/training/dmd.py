@@ -2,8 +2,9 @@
 
 Pure functions; the score networks come in as callables ``score(x_t, t) -> v`` that predict
 the flow-matching velocity ``v = eps - x0`` of latents ``x_t`` [B, C, F, H, W] at timesteps
-``t`` [B] in [0, 1000] (the conditioning is bound by the caller). Noise level ``s = t / 1000``:
-``x_t = (1 - s) x0 + s eps``, ``x0_hat = x_t - s v`` (docs/method.md, sections 1 and 3).
+``t`` [B] in [0, 1000] (the conditioning is bound by the caller). The noising and the ``x0``
+prediction are :mod:`stream_r1_fast.scheduling`'s (``x_t = (1 - s) x0 + s eps``,
+``x0_hat = x_t - s v`` with ``s = t / 1000``; docs/method.md, sections 1 and 3).
 """
 
 from __future__ import annotations
@@ -12,24 +13,15 @@ from typing import Callable
 
 import torch
 
+from stream_r1_fast import scheduling
+
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """[B] -> [B, 1, 1, ...] broadcasting against x."""
-    return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-
-
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``(1 - s) x0 + s eps`` with ``s = t / 1000`` per sample (t [B])."""
-    s = _bcast(t, x0) / 1000.0
-    return (1.0 - s) * x0 + s * eps
-
-
-def predict_x0(score: Score, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _x0_of(score: Score, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``x0_hat = x_t - s * score(x_t, t)`` in float32."""
     v = score(x_t, t).float()
-    return x_t.float() - _bcast(t, v) / 1000.0 * v
+    return scheduling.predict_x0(x_t.float(), v, t)
 
 
 def sample_timesteps(
@@ -41,15 +33,26 @@ def sample_timesteps(
     device=None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """t ~ U[0, 1000) per sample, warped with ``t' = shift t / (1 + (shift - 1) t)`` on t/1000,
+    """t ~ U[0, 1000) per sample, warped by ``shift`` (:func:`~stream_r1_fast.scheduling.warp_timesteps`),
     clamped to [min_t, max_t]; float32 [B]."""
     u = torch.rand(batch, device=device, generator=generator, dtype=torch.float64)
-    warped = shift * u / (1.0 + (shift - 1.0) * u)
-    return (1000.0 * warped).clamp(min_t, max_t).float()
+    return scheduling.warp_timesteps(scheduling.NUM_TRAIN_TIMESTEPS * u, shift).clamp(min_t, max_t).float()
 
 
-def _noise_draw(x, t, eps, shift, min_t, max_t, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The given ``t`` [B] and ``eps`` (like x), or fresh draws: t first, then eps."""
+def draw_noise(
+    x: torch.Tensor,
+    *,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
+    shift: float = 5.0,
+    min_t: float = 20.0,
+    max_t: float = 980.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timesteps ``t`` [B] and noise ``eps`` (like x) that noise ``x``: the given ones, or
+    fresh draws from ``generator`` (t first, by :func:`sample_timesteps` with ``shift``,
+    ``min_t``, ``max_t``, then eps). The keywords :func:`dmd_gradient` and :func:`critic_loss`
+    take after their own."""
     if t is None:
         t = sample_timesteps(x.shape[0], shift=shift, min_t=min_t, max_t=max_t, device=x.device, generator=generator)
     if eps is None:
@@ -64,30 +67,27 @@ def dmd_gradient(
     fake: Score,
     *,
     guidance_scale: float = 3.0,
-    t: torch.Tensor | None = None,
-    eps: torch.Tensor | None = None,
-    shift: float = 5.0,
-    min_t: float = 20.0,
-    max_t: float = 980.0,
-    generator: torch.Generator | None = None,
+    **noise,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The DMD gradient ``g`` of generator samples ``x`` [B, C, F, H, W] (no grad).
 
     ``x_t = noise(x, eps, t)``; ``x0_real = f(x_t, c) + guidance * (f(x_t, c) - f(x_t, neg))``;
     ``x0_fake = f_fake(x_t, c)``; ``g = (x0_fake - x0_real) / mean_{c,f,h,w} |x - x0_real|``
-    per sample, non-finite entries set to 0. ``t`` [B] and ``eps`` are drawn when not given.
-    Returns ``(g float32, stats)`` with ``stats`` holding ``t`` and the per-sample normaliser.
+    per sample, non-finite entries set to 0. ``noise``: the keywords of :func:`draw_noise`
+    (``t`` [B], ``eps``, ``shift``, ``min_t``, ``max_t``, ``generator``; t and eps are drawn
+    when not given). Returns ``(g float32, stats)`` with ``stats`` holding ``t`` and the
+    per-sample normaliser.
     """
     with torch.no_grad():
         x = x.detach().float()
-        t, eps = _noise_draw(x, t, eps, shift, min_t, max_t, generator)
-        x_t = add_noise(x, eps, t)
-        cond = predict_x0(real_cond, x_t, t)
+        t, eps = draw_noise(x, **noise)
+        x_t = scheduling.add_noise(x, eps, t)
+        cond = _x0_of(real_cond, x_t, t)
         if guidance_scale == 0.0:  # no guidance: the unconditional branch would not count
             x0_real = cond
         else:
-            x0_real = cond + guidance_scale * (cond - predict_x0(real_uncond, x_t, t))
-        x0_fake = predict_x0(fake, x_t, t)
+            x0_real = cond + guidance_scale * (cond - _x0_of(real_uncond, x_t, t))
+        x0_fake = _x0_of(fake, x_t, t)
         norm = (x - x0_real).abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
         g = torch.nan_to_num((x0_fake - x0_real) / norm, nan=0.0, posinf=0.0, neginf=0.0)
     return g, {"t": t, "normalizer": norm.flatten()}
@@ -104,20 +104,11 @@ def dmd_loss(x: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None = No
     return 0.5 * sq.mean()
 
 
-def critic_loss(
-    fake: Score,
-    x: torch.Tensor,
-    *,
-    t: torch.Tensor | None = None,
-    eps: torch.Tensor | None = None,
-    shift: float = 5.0,
-    min_t: float = 20.0,
-    max_t: float = 980.0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def critic_loss(fake: Score, x: torch.Tensor, **noise) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Flow-matching denoising loss of the critic on detached generator samples x:
-    ``mean((f_fake(x_t, t) - (eps - x))^2)`` (float32). Returns ``(loss, {"t": t})``."""
+    ``mean((f_fake(x_t, t) - (eps - x))^2)`` (float32), ``t`` and ``eps`` given or drawn as
+    :func:`draw_noise` (its keywords). Returns ``(loss, {"t": t})``."""
     x = x.detach().float()
-    t, eps = _noise_draw(x, t, eps, shift, min_t, max_t, generator)
-    v = fake(add_noise(x, eps, t), t).float()
-    return ((v - (eps - x)) ** 2).mean(), {"t": t}
+    t, eps = draw_noise(x, **noise)
+    v = fake(scheduling.add_noise(x, eps, t), t).float()
+    return ((v - scheduling.velocity(x, eps)) ** 2).mean(), {"t": t}
