@@ -1,11 +1,10 @@
-"""The toy world's causal-student pipeline (stream_r1_fast/toy/distill.py): the teacher's ODE
-pairs, the streamed ODE-regression loss, ``toy-world:N`` prompts, and the toy trainer behind the
-training engine for DMD, Re-DMD and Stream-R1 (also through ``stream-r1 train``)."""
+"""The toy world's causal-student pipeline: the teacher's ODE pairs and the streamed
+ODE-regression loss (stream_r1_fast/training/ode_regression.py) on the toy models, and the
+toy recipes (the toy trainer itself: tests/test_toy_recipe.py)."""
 
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,11 @@ import yaml
 
 from stream_r1_fast.cache import CachePolicy, SinkKVCache
 from stream_r1_fast.inference.sampler import FlowMatchSampler, shift_timesteps
-from stream_r1_fast.toy.distill import (
-    CHUNK_FRAMES,
-    NUM_CHUNKS,
-    build_toy_trainer,
-    ode_grid,
-    ode_regression_loss,
-    teacher_ode_pairs,
-    toy_captions,
-)
-from stream_r1_fast.toy.models import WEIGHTS, load_teacher, load_transformer_file, save_transformer
+from stream_r1_fast.toy.distill import CHUNK_FRAMES, NUM_CHUNKS
+from stream_r1_fast.toy.models import WEIGHTS, load_teacher, load_transformer_file
 from stream_r1_fast.toy.text import ToyTextEncoder
-from stream_r1_fast.toy.world import parse_caption
-from stream_r1_fast.training.config import ConfigError, TrainConfig
+from stream_r1_fast.training.config import TrainConfig
+from stream_r1_fast.training.ode_regression import ode_grid, ode_regression_loss, teacher_ode_pairs
 from tolerances import assert_exact_close
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -138,6 +129,7 @@ def student():
 
 
 def _loss(student, emb, states, x0, step_index, **kw):
+    kw.setdefault("chunk_frames", CHUNK_FRAMES)  # the toy students' chunk
     return ode_regression_loss(student, emb, states, x0, step_index, timesteps=STUDENT_T, policy=POLICY, **kw)
 
 
@@ -258,24 +250,6 @@ def test_ode_regression_loss_rejects_bad_shapes(student, emb, pairs):
         _loss(student, emb, states, x0, step_index, chunk_frames=2)
 
 
-# ----------------------------------------------------------------------------- toy-world prompts
-
-
-def test_toy_world_prompts():
-    cfg = TrainConfig.from_dict({"data": {"prompts": "toy-world:5"}})
-    prompts = cfg.prompt_list()
-    assert len(prompts) == 5 and all(isinstance(p, str) for p in prompts)
-    for p in prompts:
-        parse_caption(p)  # raises if not a toy-world caption
-        ToyTextEncoder().encode_one(p)
-    assert len(set(prompts)) > 1
-    assert prompts == TrainConfig.from_dict({"data": {"prompts": "toy-world:5"}}).prompt_list() == toy_captions(5)
-    assert TrainConfig.from_dict({"data": {"prompts": "toy-world:7"}}).prompt_list()[:5] == prompts
-    for bad in ("toy-world:0", "toy-world:x", "toy-world:", "toy-world:-2"):
-        with pytest.raises(ConfigError, match="toy-world:N"):
-            TrainConfig.from_dict({"data": {"prompts": bad}}).prompt_list()
-
-
 # ----------------------------------------------------------------------------- unguided DMD
 
 
@@ -300,117 +274,6 @@ def test_dmd_gradient_without_guidance_skips_the_unconditional_branch():
     torch.testing.assert_close(got, ref)
     guided, _ = dmd_gradient(x, cond, fake, fake, guidance_scale=3.0, t=t, eps=eps)
     assert (guided - got).abs().max() > 1e-3
-
-
-# ----------------------------------------------------------------------------- the toy trainer
-
-
-@pytest.fixture(scope="module")
-def critic_file(tmp_path_factory):
-    """The teacher's weights, perturbed: with the critic equal to the teacher the DMD gradient is
-    exactly zero, so a generator update would be weight decay alone."""
-    model = load_teacher()
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02 * (p.std() if p.numel() > 1 else 1.0))
-    path = tmp_path_factory.mktemp("critic") / "critic.safetensors"
-    save_transformer(model, path)
-    return path
-
-
-def _shrunk(name: str, out: Path) -> TrainConfig:
-    cfg = TrainConfig.from_yaml(CONFIGS / f"toy_{name}.yaml")
-    assert cfg.model.dir == "toy" and cfg.weighting.mode == name and cfg.dmd.guidance_scale == 0.0
-    assert cfg.data.prompts.startswith("toy-world:")
-    cfg.data.prompts = "toy-world:4"  # 4096 captions take ~15 s to draw
-    cfg.optim.batch_size = 2
-    cfg.optim.generator_every = 1
-    cfg.train.steps = 1
-    cfg.train.output_dir = str(out)
-    cfg.train.progress = False
-    return cfg
-
-
-@pytest.mark.parametrize("name", ["dmd", "re_dmd", "stream_r1"])
-def test_toy_trainer_step(name, tmp_path, critic_file):
-    cfg = _shrunk(name, tmp_path)
-    cfg.model.critic = str(critic_file)
-    trainer = build_toy_trainer(cfg, student=TEACHER_FILE)
-    assert trainer.vae_factors == (4, 4) and trainer.latent_size == (8, 8)
-    assert (trainer.weighting.reward_model is None) == (name == "dmd")
-    gen0 = {n: p.detach().clone() for n, p in trainer.generator.named_parameters()}
-    teacher0 = {n: p.detach().clone() for n, p in trainer.teacher.state_dict().items()}
-    critic0 = {n: p.detach().clone() for n, p in trainer.critic.named_parameters()}
-    assert not any(p.requires_grad for p in trainer.teacher.parameters())
-
-    teacher_calls = []
-    trainer.teacher.register_forward_hook(lambda *_: teacher_calls.append(1))
-    logs = trainer.train_step()
-    assert len(teacher_calls) == 1, "guidance 0: the teacher scores the conditional branch only"
-    for key in ("critic_loss", "generator_loss", "grad_norm_generator", "grad_norm_critic"):
-        assert math.isfinite(logs[key]), key
-    assert logs["generator_loss"] > 0 and logs["grad_norm_generator"] > 0 and logs["critic_loss"] > 0
-    rewards = {"reward_VQ", "reward_MQ", "reward_TA", "w_inter"}
-    if name == "dmd":
-        assert not rewards & logs.keys()
-    if name == "re_dmd":
-        assert "reward_MQ" in logs and math.isfinite(logs["reward_MQ"])
-    if name == "stream_r1":
-        assert rewards <= logs.keys() and all(math.isfinite(logs[k]) for k in rewards) and logs["w_inter"] > 0
-
-    # The generator moved by more than AdamW's weight decay (the first Adam step is ~lr per entry).
-    decay = 1.0 - cfg.optim.lr_generator * cfg.optim.weight_decay
-    moved = max(float((p.detach() - gen0[n] * decay).abs().max()) for n, p in trainer.generator.named_parameters())
-    assert moved > 0.1 * cfg.optim.lr_generator
-    assert any(not torch.equal(p, critic0[n]) for n, p in trainer.critic.named_parameters())
-    for n, p in trainer.teacher.state_dict().items():
-        assert torch.equal(p, teacher0[n]), f"teacher {n} changed"
-
-
-def test_toy_trainer_critic_defaults_to_the_teacher(tmp_path, critic_file):
-    cfg = _shrunk("dmd", tmp_path)
-    trainer = build_toy_trainer(cfg, student=critic_file)  # a student that is not the teacher
-    teacher, student = load_teacher().state_dict(), load_transformer_file(critic_file).state_dict()
-    for n, p in trainer.critic.state_dict().items():
-        assert torch.equal(p, teacher[n]), n
-    for n, p in trainer.generator.state_dict().items():
-        assert torch.equal(p, student[n]), n
-    for n, p in trainer.teacher.state_dict().items():
-        assert torch.equal(p, teacher[n]), n
-    assert trainer.critic is not trainer.teacher
-    assert all(p.requires_grad for p in trainer.critic.parameters())
-    assert all(p.requires_grad for p in trainer.generator.parameters())
-
-
-def test_toy_trainer_missing_weights(tmp_path):
-    cfg = _shrunk("dmd", tmp_path)
-    with pytest.raises(FileNotFoundError, match="nope.safetensors do not exist"):
-        build_toy_trainer(cfg, student=tmp_path / "nope.safetensors")
-    cfg.model.student = str(tmp_path / "gone.safetensors")
-    with pytest.raises(FileNotFoundError, match="gone.safetensors do not exist"):
-        build_toy_trainer(cfg)
-    cfg.model.student, cfg.model.teacher = str(TEACHER_FILE), str(tmp_path / "no_teacher.safetensors")
-    with pytest.raises(FileNotFoundError, match="no_teacher.safetensors do not exist"):
-        build_toy_trainer(cfg)
-
-
-def test_cli_train_on_the_toy_world(tmp_path, capsys):
-    from stream_r1_fast.cli import main
-
-    data = yaml.safe_load((CONFIGS / "toy_stream_r1.yaml").read_text())
-    data["model"]["student"] = str(TEACHER_FILE)
-    data["data"]["prompts"] = "toy-world:2"
-    data["optim"]["batch_size"] = 1
-    data["train"].update(steps=1, output_dir=str(tmp_path / "run"), progress=False)
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(data))
-    assert main(["train", "--config", str(path)]) == 0
-    assert "done: 1 steps" in capsys.readouterr().out
-    run = tmp_path / "run"
-    assert (run / "checkpoints" / "step_00000001" / "COMPLETE").is_file()
-    lines = (run / "metrics.csv").read_text().strip().splitlines()
-    assert len(lines) == 2 and "critic_loss" in lines[0]
 
 
 # ----------------------------------------------------------------------------- Stream-R1's ablation recipes

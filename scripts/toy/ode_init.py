@@ -1,4 +1,4 @@
-"""The causal student's ODE-regression initialisation (stream_r1_fast/toy/distill.py).
+"""The toy causal student's ODE-regression initialisation (stream_r1_fast/training/ode_regression.py).
 
     python scripts/toy/ode_init.py --pairs 512 --steps 600 --seed 0
 
@@ -17,11 +17,12 @@ import time
 import torch
 
 from stream_r1_fast.cache import CachePolicy
-from stream_r1_fast.toy.distill import CHUNK_FRAMES, NUM_CHUNKS, ode_regression_loss, student_sampler, \
-    teacher_ode_pairs, toy_captions
+from stream_r1_fast.toy.distill import CHUNK_FRAMES, NUM_CHUNKS, student_sampler
 from stream_r1_fast.toy.fit import Fitter, warmup_cosine
 from stream_r1_fast.toy.models import WEIGHTS, load_transformer_file, save_transformer
+from stream_r1_fast.toy.recipe import world_captions
 from stream_r1_fast.toy.text import ToyTextEncoder
+from stream_r1_fast.training.ode_regression import ode_regression_loss, teacher_ode_pairs
 
 
 def main(argv=None) -> None:
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
 
     teacher, text = load_transformer_file(args.teacher), ToyTextEncoder()
     timesteps = student_sampler().timesteps
-    captions = toy_captions(args.pairs, seed=1000 + args.seed)
+    captions = world_captions(args.pairs, seed=1000 + args.seed)
     g = torch.Generator().manual_seed(args.seed)
     frames = CHUNK_FRAMES * NUM_CHUNKS
     states, ends = [], []
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
         pick = torch.randint(0, args.pairs, (args.batch,), generator=g)
         chunk_steps = torch.randint(0, len(timesteps), (args.batch, NUM_CHUNKS), generator=g)
         loss = ode_regression_loss(student, text([captions[i] for i in pick.tolist()]), states[:, pick], ends[pick],
-                                   chunk_steps, timesteps=timesteps, policy=policy)
+                                   chunk_steps, timesteps=timesteps, chunk_frames=CHUNK_FRAMES, policy=policy)
         fit.step(step, loss)
     student.eval()
     save_transformer(student, args.out, kind="causal student, ODE-regression initialisation", pairs=args.pairs,

@@ -7,20 +7,20 @@ cache classes — :class:`~stream_r1_fast.cache.SinkKVCache` by default, ``cache
 Each chunk is denoised up to the exit step k (drawn once per iteration, shared by all chunks
 and, under ``torch.distributed``, by all ranks): the steps before k run without grad; the
 forward at step k carries the gradient and its ``x0_hat`` is the chunk's output; the context
-refresh writes the *detached* output into the cache without grad. No gradient flows between
-chunks through the cache.
+refresh writes the *detached* output into the cache without grad (the chunk step is
+:func:`~stream_r1_fast.inference.sampler.denoise_chunk`, inference's). No gradient flows
+between chunks through the cache.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 
 import torch
 import torch.distributed as dist
 
 from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
-from stream_r1_fast.inference.sampler import FlowMatchSampler, Generators, randn
+from stream_r1_fast.inference.sampler import FlowMatchSampler, Generators, denoise_chunk
 
 
 def training_cache_policy(rollout) -> CachePolicy:
@@ -47,18 +47,6 @@ def draw_exit_step(num_steps: int, rng: random.Random, device=None) -> int:
         dist.broadcast(t, src=0)
         k = int(t.item())
     return k
-
-
-def snapshot_cache(cache):
-    """A copy of the cache with its own tensors (``cache.snapshot()``): the gradient-carrying
-    forward saves (or, under gradient checkpointing, re-reads in backward) the cache tensors and
-    host state, and the refresh then updates the live cache in place."""
-    if callable(getattr(cache, "snapshot", None)):
-        return cache.snapshot()
-    snap = copy.copy(cache)  # a duck-typed cache of the fused layout without snapshot()
-    snap.keys, snap.values = cache.keys.clone(), cache.values.clone()
-    snap.positions, snap.state = cache.positions.clone(), cache.state.clone()
-    return snap
 
 
 def self_forcing_rollout(
@@ -93,20 +81,10 @@ def self_forcing_rollout(
     cache_cls = resolve_cache_impl(cache_impl)
     cache = cache_cls.for_model(model, b, h, w, policy, chunk_frames=chunk_frames, dtype=cache_dtype or param.dtype,
                                 device=param.device)
-    channels = model.config.in_channels
+    shape = (b, model.config.in_channels, chunk_frames, h, w)
     out = []
     for _ in range(num_chunks):
-        cache.begin_chunk()
-        x_t = randn((b, channels, chunk_frames, h, w), generator, device=param.device)
-        with torch.no_grad():
-            for i in range(exit_step):
-                x0 = sampler.predict_x0(x_t, model.forward_chunk(x_t, steps[i], text, cache).float(), steps[i])
-                eps = randn(x0.shape, generator, device=x0.device)
-                x_t = sampler.add_noise(x0, eps, steps[i + 1])
-        t = steps[exit_step]
-        live = snapshot_cache(cache) if torch.is_grad_enabled() else cache
-        x0 = sampler.predict_x0(x_t, model.forward_chunk(x_t, t, text, live).float(), t)
-        with torch.no_grad():
-            model.forward_chunk(x0.detach(), 0.0, text, cache, update_cache=True)
-        out.append(x0)
+        # The start noise and the exit_step re-noising draws, in the order the steps use them.
+        noise = sampler.draw_chunk_noise(shape, generator, device=param.device, steps=exit_step + 1)
+        out.append(denoise_chunk(model, text, cache, noise[0], steps[:exit_step + 1], noise=noise[1:]))
     return torch.cat(out, dim=2)
