@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tracemalloc
+from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from cli_helpers import model_dir, no_loading, run  # noqa: F401  (fixtures)
 
 from stream_r1_fast import cli
+from stream_r1_fast.commands import generate as generate_cmd
 from stream_r1_fast.cli import ContactSheet, contact_sheet, main, plan_samples, sample_stem
 from stream_r1_fast.inference import StreamingPipeline
 from stream_r1_fast.prompts import PromptEntry
@@ -148,7 +150,7 @@ def test_sample_names():
     assert len(f".{stem}-99.{2**22}.partial.mp4".encode()) < 255
 
     entries = [PromptEntry("a/b"), PromptEntry("a_b"), PromptEntry("x"), PromptEntry("a/b", seed=50)]
-    samples = plan_samples(entries, 2, 10, cli.Path("d"))
+    samples = plan_samples(entries, 2, 10, Path("d"))
     names = [s.path.name for s in samples]
     assert names[:2] == ["a_b-0.mp4", "a_b-1.mp4"]
     assert names[2].startswith("a_b~") and names[2].endswith("-0.mp4") and names[3] == names[2][:-5] + "1.mp4"
@@ -222,7 +224,7 @@ def test_long_video_at_constant_host_memory(model_dir, tmp_path, monkeypatch):
             super().offer(first, frames)
             self.most = max(self.most, self.held)
 
-    monkeypatch.setattr(cli, "ContactSheet", Recording)
+    monkeypatch.setattr(generate_cmd, "ContactSheet", Recording)  # the sheet `stream-r1 generate` makes
     size = ["--height", "64", "--width", "96", "--dtype", "fp32", "--device", "cpu", "--quiet"]
     peaks = {}
     for secs in ("2", "6"):

@@ -16,6 +16,13 @@ import torch
 WAN_VAE_FACTORS = (4, 8)
 
 
+def wan_vae_factors(temperal_downsample, dim_mult) -> tuple[int, int]:
+    """(temporal, spatial) compression of a Wan VAE from its config's lists (diffusers' names):
+    ``temperal_downsample`` has one flag per downsampling stage (True: the stage halves time),
+    ``dim_mult`` one entry per resolution level (every level after the first halves space)."""
+    return 2 ** sum(bool(d) for d in temperal_downsample), 2 ** (len(dim_mult) - 1)
+
+
 def codec_factors(vae) -> tuple[int, int]:
     """(temporal, spatial) compression of ``vae``: a codec that states them (``temporal_factor``
     / ``spatial_factor`` attributes: :class:`StreamingVAEDecoder`, the toy world's codec), a
@@ -24,8 +31,7 @@ def codec_factors(vae) -> tuple[int, int]:
         return WAN_VAE_FACTORS
     if hasattr(vae, "temporal_factor") and hasattr(vae, "spatial_factor"):
         return int(vae.temporal_factor), int(vae.spatial_factor)
-    cfg = vae.config
-    return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+    return wan_vae_factors(vae.config.temperal_downsample, vae.config.dim_mult)
 
 
 class StreamingVAEDecoder:
