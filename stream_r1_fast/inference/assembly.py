@@ -57,22 +57,11 @@ def check_lora_path(lora) -> None:
         raise ValueError(f"{where}: unknown LoRA type (expected a peft adapter folder, .safetensors, .pt or .pth)")
 
 
-def load_parts(
-    path: str | Path,
-    *,
-    checkpoint: str | Path | None = None,
-    which: str = "auto",
-    lora: str | Path | None = None,
-    lora_alpha: float | None = None,
-    dtype: torch.dtype | str | None = None,
-    torch_dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = None,
-    text_encoder_dtype: torch.dtype | str | None = None,
-    offload_text_encoder: bool = False,
-) -> tuple[CausalWanTransformer, torch.nn.Module, PromptEncoder]:
-    """The models of :meth:`StreamingPipeline.from_pretrained` (its arguments but the pipeline's
-    own options): ``(transformer, vae, prompt_encoder)``. Everything is checked before any
-    weight is read."""
+def load_parts(path: str | Path, *, checkpoint, which, lora, lora_alpha, dtype, torch_dtype, device,
+               text_encoder_dtype, offload_text_encoder) -> tuple[CausalWanTransformer, torch.nn.Module, PromptEncoder]:
+    """The models of :meth:`StreamingPipeline.from_pretrained`, which documents the arguments
+    (all of its own but the pipeline's options; their defaults are there):
+    ``(transformer, vae, prompt_encoder)``. Everything is checked before any weight is read."""
     from stream_r1_fast.models.loading import (
         check_checkpoint_path,
         find_wan_folder,
