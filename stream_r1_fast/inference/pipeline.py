@@ -9,7 +9,6 @@ Memory is constant in the stream's length: the KV cache, the text K/V and the VA
 feature cache have fixed sizes and nothing is accumulated (the caller keeps what it wants).
 """
 
-
 from __future__ import annotations
 
 import math
@@ -289,8 +288,9 @@ class StreamingPipeline:
                 a chunk.
             decode: decode frames with the VAE (needs one); otherwise ``frames`` is None.
             recache: at every prompt switch after chunk 0, re-encode the cached frames under
-                the new prompt (LongLive's KV recache, :func:`~stream_r1_fast.inference.recache.recache_kv`) before the chunk where
-                the switch takes effect, so that their self-attention K/V stop carrying the old
+                the new prompt (LongLive's KV recache,
+                :func:`~stream_r1_fast.inference.recache.recache_kv`) before the chunk where the
+                switch takes effect, so that their self-attention K/V stop carrying the old
                 prompt's conditioning; off, a switch only replaces the text K/V. Each chunk
                 says where its prompts took effect (``prompt_since``) and whether a recache
                 ran before it (``recached``).
