@@ -20,194 +20,31 @@ that owns it, which is what per-block FSDP2 sharding needs (training under ``tor
 Tensor layouts: latents ``[B, C, F, H, W]``; inside the blocks, tokens ``[B, F, P, dim]`` with
 ``P = (H / 2) * (W / 2)`` tokens per latent frame (row-major), attention heads ``[B, L, heads,
 head_dim]``. Timesteps are in [0, 1000], one per sample or one per latent frame.
+
+The conditioning types (:class:`TextContext`, :class:`TimeContext`, :class:`KVCache`) are in
+:mod:`stream_r1_fast.models.contexts`, the block (:class:`WanBlock`) in
+:mod:`stream_r1_fast.models.wan_blocks`; this module holds the model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
 
+from stream_r1_fast.models.contexts import KVCache, TextContext, TimeContext
+from stream_r1_fast.models.wan_blocks import WanBlock, sdpa
 from stream_r1_fast.ops.rope import rope_angles
 
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class KVCache(Protocol):
-    """What :meth:`CausalWanTransformer.forward_chunk` needs from a self-attention cache.
-
-    ``attend`` returns the chunk's attention output ``[B, Lq, heads, head_dim]`` from its
-    pre-RoPE ``q, k, v`` and the cached frames; ``update`` stores the chunk's K/V (called on
-    the context-refresh forward only); ``begin_chunk`` is called once before a chunk's first
-    forward. :class:`stream_r1_fast.cache.SinkKVCache` is the production implementation.
-    """
-
-    grid: tuple[int, int]
-
-    def begin_chunk(self) -> None: ...
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
-
-
-@dataclasses.dataclass
-class TextContext:
-    """The text conditioning of every block for one batch of prompts, in one of two forms.
-
-    * encoded: ``keys``/``values`` [num_layers, B, text_len, heads, head_dim], every block's
-      cross-attention K/V, computed once per prompt by :meth:`CausalWanTransformer.encode_text`
-      (inference; :meth:`copy_` swaps prompts in place, the tensors keep their storage, e.g. for
-      a captured CUDA graph).
-    * lazy (:meth:`lazy`, :meth:`CausalWanTransformer.embed_text`): ``states`` [B, text_len, dim],
-      the projected text embeddings only; each block computes its K/V inside its own forward
-      (per-block FSDP: no block parameter is used outside its block's forward).
-    """
-
-    keys: torch.Tensor | None
-    values: torch.Tensor | None
-    states: torch.Tensor | None = None
-
-    @classmethod
-    def lazy(cls, states: torch.Tensor) -> "TextContext":
-        """A lazy context of projected text states [B, text_len, dim]."""
-        return cls(None, None, states)
-
-    @property
-    def is_lazy(self) -> bool:
-        return self.keys is None
-
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Block ``i``'s text input: ``(keys, values)``, or ``(states, None)`` when lazy."""
-        return (self.states, None) if self.is_lazy else (self.keys[i], self.values[i])
-
-    def copy_(self, other: "TextContext") -> "TextContext":
-        if other.is_lazy != self.is_lazy:
-            raise ValueError("cannot copy a lazy text context into an encoded one or vice versa")
-        src, dst = (other.states, self.states) if self.is_lazy else (other.keys, self.keys)
-        if src.shape != dst.shape:
-            raise ValueError(
-                f"cannot copy a text context of shape {tuple(src.shape)} into one of shape "
-                f"{tuple(dst.shape)} (same batch and text length needed)"
-            )
-        if self.is_lazy:
-            self.states.copy_(other.states)
-        else:
-            self.keys.copy_(other.keys)
-            self.values.copy_(other.values)
-        return self
-
-    @property
-    def batch_size(self) -> int:
-        return self.states.shape[0] if self.is_lazy else self.keys.shape[1]
-
-
-@dataclasses.dataclass
-class TimeContext:
-    """The time conditioning of one forward, computed once per timestep value
-    (:meth:`CausalWanTransformer.time_context`) and reused by every forward at that timestep
-    (a sampler's fixed step list): ``temb`` [B, F, dim] (the output head's modulation input) and
-    ``e`` [B, F, 6, dim] (every block's modulation). Passing one as the ``timestep`` of a
-    forward skips the timestep embedding, and with it a host-to-device copy of the timestep."""
-
-    temb: torch.Tensor
-    e: torch.Tensor
-
-
-class WanAttention(nn.Module):
-    """Projections of one Wan attention layer (diffusers' parameter names); the attention
-    itself is done by the caller (self-attention goes through a cache or a mask)."""
-
-    def __init__(self, dim: int, heads: int, eps: float):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-        # Wan normalises q and k across all heads at once.
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, dim] -> [B, L, heads, head_dim]."""
-        return self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1))
-
-    def key_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L, dim] -> two [B, L, heads, head_dim] (keys are RMS-normalised, not rotated)."""
-        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, -1))
-        return k, self.to_v(x).unflatten(-1, (self.heads, -1))
-
-    def out(self, o: torch.Tensor) -> torch.Tensor:
-        """[B, L, heads, head_dim] -> [B, L, dim]."""
-        return self.to_out[0](o.flatten(-2))
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention over [B, L, heads, head_dim] tensors (the layout of the rest of the model)."""
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return o.transpose(1, 2)
-
-
-class WanBlock(nn.Module):
-    """One Wan transformer block: adaLN-modulated self-attention, cross-attention to text,
-    adaLN-modulated GELU feed-forward. Modulation arithmetic is float32, as in Wan."""
-
-    def __init__(self, dim: int, ffn_dim: int, heads: int, cross_attn_norm: bool, eps: float):
-        super().__init__()
-        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
-        self.attn1 = WanAttention(dim, heads, eps)
-        self.attn2 = WanAttention(dim, heads, eps)
-        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
-        self.ffn = FeedForward(dim, inner_dim=ffn_dim, activation_fn="gelu-approximate")
-        self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
-        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
-
-    def _modulation(self, e: torch.Tensor) -> list[torch.Tensor]:
-        """e [B, F, 6, dim] -> six float32 [B, F, 1, dim] (broadcast over a frame's tokens)."""
-        mod = self.scale_shift_table.float() + e.float()
-        return [m.unsqueeze(2) for m in mod.unbind(2)]
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        e: torch.Tensor,
-        text_k: torch.Tensor,
-        text_v: torch.Tensor | None,
-        attend: Attend | None,
-        self_kv_only: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x [B, F, P, dim]; e [B, F, 6, dim]; text_k/v [B, Lt, heads, head_dim] (encoded), or
-        ``text_k`` the projected text states [B, Lt, dim] and ``text_v`` None (lazy: the block
-        computes its cross-attention K/V here); ``attend(q, k, v)`` does the self-attention of
-        pre-RoPE heads. ``self_kv_only``: return the self-attention ``(k, v)`` and stop (the
-        last block of a context-refresh forward)."""
-        shift, scale, gate, c_shift, c_scale, c_gate = self._modulation(e)
-        n = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x).flatten(1, 2)
-        k, v = self.attn1.key_value(n)
-        if self_kv_only:
-            return k, v
-        if text_v is None:
-            text_k, text_v = self.attn2.key_value(text_k)
-        o = self.attn1.out(attend(self.attn1.query(n), k, v)).view_as(x)
-        x = (x.float() + o * gate).type_as(x)
-
-        n = self.norm2(x.float()).type_as(x).flatten(1, 2)
-        o = self.attn2.out(_sdpa(self.attn2.query(n), text_k, text_v)).view_as(x)
-        x = x + o
-
-        n = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-        return (x.float() + self.ffn(n).float() * c_gate).type_as(x)
+# KVCache, TextContext and TimeContext live in models/contexts.py, WanBlock in models/wan_blocks.py;
+# they are imported here for the model's signatures and stay importable from this module.
+__all__ = ["CausalWanTransformer", "KVCache", "TextContext", "TimeContext"]
 
 
 class CausalWanTransformer(ModelMixin, ConfigMixin):
@@ -420,7 +257,7 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
             return torch.stack([a * cos - c * sin, a * sin + c * cos], -1).flatten(-2).type_as(t)
 
         def attend(q, k, v):
-            return _sdpa(rotate(q), rotate(k), v, mask)
+            return sdpa(rotate(q), rotate(k), v, mask)
 
         for i, block in enumerate(self.blocks):
             x = self._run_block(block, x, e, text, i, attend)
