@@ -82,10 +82,13 @@ def check_generate_args(args) -> dict:
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.sink < 0:
         raise UsageError(f"--sink must be >= 0, got {args.sink}")
-    if args.window < CHUNK_FRAMES:
-        raise UsageError(f"--window {args.window}: the cache window must hold a chunk ({CHUNK_FRAMES} latent frames)")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    try:  # with --sink and --alpha good, what is left to fail is --window (it must hold a chunk)
+        policy = CachePolicy(args.sink, args.window, 1.0 if args.static_sink else args.alpha)
+        policy.check_chunk(CHUNK_FRAMES)
+    except ValueError as exc:
+        raise UsageError(f"--window {args.window}: {exc}") from None
     if not (math.isfinite(args.shift) and args.shift > 0):
         raise UsageError(f"--shift must be a finite number > 0, got {args.shift}")
     if not all(math.isfinite(s) and 0 < s <= 1000 for s in args.steps):
@@ -94,7 +97,6 @@ def check_generate_args(args) -> dict:
         sampler = FlowMatchSampler.from_steps(args.steps, args.shift)
     except ValueError as exc:
         raise UsageError(f"--steps {' '.join(f'{s:g}' for s in args.steps)}: {exc}") from None
-    policy = CachePolicy(args.sink, args.window, 1.0 if args.static_sink else args.alpha)
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError(f"--prompt is empty: {args.prompt!r}")
     t_factor, mult_h, mult_w = check_model_dir(args.model, args.checkpoint)

@@ -303,10 +303,7 @@ class StreamingPipeline:
             raise ValueError(f"num_chunks must be a positive int or None, got {num_chunks!r}")
         if not isinstance(policy, CachePolicy):
             raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
-        if policy.window_frames < self.chunk_frames:
-            raise ValueError(
-                f"the cache window ({policy.window_frames} frames) must hold a chunk ({self.chunk_frames} frames)"
-            )
+        policy.check_chunk(self.chunk_frames)  # the window must hold a chunk
         if decode and self.vae is None:
             raise RuntimeError("decode=True needs a VAE: build the pipeline with vae=... or pass decode=False")
         lat_h, lat_w = self._latent_size(height, width)
