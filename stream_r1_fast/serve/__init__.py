@@ -10,7 +10,8 @@ per second, chunk index, the prompt of each chunk).
     stream-r1 serve --model Wan2.1-T2V-1.3B-Diffusers --checkpoint rf.pt   # Wan on a GPU
 
 Modules: :mod:`.backend` (what is served: the toy world or Wan weights), :mod:`.protocol`
-(the WebSocket messages, checked), :mod:`.app` (the FastAPI app: sessions, the bounded
-worker pool and the queue), :mod:`.cli` (the command). FastAPI and uvicorn are the ``serve``
+(the WebSocket messages, checked), :mod:`.app` (the FastAPI app's routes), :mod:`.session`
+(one connection and its stream), :mod:`.server` (what the sessions share: the bounded worker
+pool, the counters), :mod:`.slots` (the stream slots and their queue), :mod:`.cli` (the command). FastAPI and uvicorn are the ``serve``
 extra (``pip install -e ".[serve]"``); nothing here is imported by ``import stream_r1_fast``.
 """
