@@ -46,9 +46,7 @@ def _first_call_ms(module, call) -> float:
 
 def _cases(device: torch.device):
     """(op, shape label, NVRTC module, nvrtc call, compiled call or None)."""
-    from stream_r1_fast.nvrtc import ema_cache as nv_ema
-    from stream_r1_fast.nvrtc import saliency as nv_sal
-    from stream_r1_fast.nvrtc import sink_attention as nv_attn
+    from stream_r1_fast.nvrtc import _launch
 
     info = stream_r1_fast.backend_info()
 
@@ -61,21 +59,21 @@ def _cases(device: torch.device):
     ema_args = (*layers[0], k_new, v_new, cfg["sink"], ALPHA)
     yield ("ema_cache_update",
            f"B{cfg['b']} S{cfg['sink']}+{cfg['window']} P{cfg['p']} H{cfg['h']} D{cfg['d']} Fn{cfg['fn']} bf16",
-           nv_ema.MODULE, lambda: nv_ema.ema_cache_update_cuda(*ema_args),
+           _launch.module("ema_cache_update"), lambda: _launch.launcher("ema_cache_update")(*ema_args),
            compiled("ema_cache_update", lambda: torch.ops.stream_r1_fast.ema_cache_update(*ema_args)))
 
     a, b, t, c, h, w = SHAPES["cuda"]
     grads = torch.randn(a, b, t, c, h, w, device=device, dtype=torch.bfloat16)
     aw = torch.full((a,), 1.0 / a, device=device)
-    yield ("saliency_weights", f"{a}x{b}x{t}x{c}x{h}x{w} bf16 vae", nv_sal.MODULE,
-           lambda: nv_sal.saliency_weights_cuda(grads, aw, *ARGS),
+    yield ("saliency_weights", f"{a}x{b}x{t}x{c}x{h}x{w} bf16 vae", _launch.module("saliency_weights"),
+           lambda: _launch.launcher("saliency_weights")(grads, aw, *ARGS),
            compiled("saliency_weights", lambda: torch.ops.stream_r1_fast.saliency_weights(grads, aw, *ARGS)))
 
     cfg = ATTN_SHAPES[0]
     attn_args = (*attention_inputs(cfg, device), cfg["gh"], cfg["gw"], cfg["d"] ** -0.5, 10000.0)
     yield ("sink_attention",
            f"B{cfg['b']} Fq{cfg['fq']} {cfg['gh']}x{cfg['gw']} S{cfg['s']} H{cfg['h']} D{cfg['d']} bf16",
-           nv_attn.MODULE, lambda: nv_attn.sink_attention_cuda(*attn_args),
+           _launch.module("sink_attention"), lambda: _launch.launcher("sink_attention")(*attn_args),
            compiled("sink_attention", lambda: torch.ops.stream_r1_fast.sink_attention(*attn_args)))
 
 

@@ -1,6 +1,7 @@
 // The one place where the schemas of stream_r1_fast's ops are defined. Backends register
-// their kernels beside the kernels themselves (TORCH_LIBRARY_IMPL in *_cpu.cpp / *_cuda.cpp);
-// fake kernels and autograd are registered from Python (stream_r1_fast/ops/*.py).
+// their kernels beside the kernels themselves (TORCH_LIBRARY_IMPL in <op>_cpu.cpp /
+// <op>_cuda.cpp / <op>_plan.cpp); fake kernels and autograd are registered from Python
+// (stream_r1_fast/ops/<op>.py).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -35,6 +36,27 @@ TORCH_LIBRARY(stream_r1_fast, m) {
       "saliency_weights(Tensor saliency, Tensor axis_weights, str mode, int temporal_factor, "
       "int spatial_factor, float tau_floor, float sigma_floor, float gamma_t, float gamma_s) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // Private, for the NVRTC launcher (stream_r1_fast/nvrtc/_launch.py): per op, <op>_plan takes
+  // the op's arguments, checks them and prepares the call as the nvcc launcher does, and
+  // returns (outputs, buffers that must outlive the launches, the params struct as uint8
+  // bytes, the launches flattened as [kernel, grid x y z, block x y z, smem] each);
+  // <op>_kernels returns (the kernels' NVRTC name expressions, sizeof(Params)).
+  m.def(
+      "sink_attention_plan(Tensor q, Tensor k, Tensor v, Tensor k_cache, Tensor v_cache, "
+      "Tensor cache_pos, Tensor q_pos, int grid_h, int grid_w, float scale, float rope_theta) "
+      "-> (Tensor[], Tensor[], Tensor, int[])");
+  m.def(
+      "ema_cache_update_plan(Tensor k_cache, Tensor v_cache, Tensor cache_pos, Tensor state, "
+      "Tensor k_new, Tensor v_new, int sink_size, float alpha) "
+      "-> (Tensor[], Tensor[], Tensor, int[])");
+  m.def(
+      "saliency_weights_plan(Tensor saliency, Tensor axis_weights, str mode, "
+      "int temporal_factor, int spatial_factor, float tau_floor, float sigma_floor, "
+      "float gamma_t, float gamma_s) -> (Tensor[], Tensor[], Tensor, int[])");
+  m.def("sink_attention_kernels() -> (str[], int)");
+  m.def("ema_cache_update_kernels() -> (str[], int)");
+  m.def("saliency_weights_kernels() -> (str[], int)");
 }
 
 // Importing `stream_r1_fast._C` runs the static registrations above; the module itself is

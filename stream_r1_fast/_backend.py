@@ -7,6 +7,10 @@ reference runs. ``STREAM_R1_FAST_BACKEND`` forces a choice (``auto`` | ``extensi
 ``nvrtc`` | ``reference``; ``nvrtc`` = the extension with the NVRTC kernels for CUDA, even over
 compiled ones); ``STREAM_R1_FAST_EXTENSION`` points at a compiled ``_C*.so`` to load instead of
 the installed one (a developer's build tree).
+
+The ops are those of the op table (:mod:`stream_r1_fast._op_table`). Deciding includes
+registering the NVRTC kernels (:func:`stream_r1_fast.nvrtc.register`), so this module depends
+on ``nvrtc`` and nothing imports it back but the ops that ask which backend runs.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import warnings
 
 import torch
 
+from stream_r1_fast import _op_table, nvrtc
+
 logger = logging.getLogger("stream_r1_fast")
 
 BACKEND_ENV = "STREAM_R1_FAST_BACKEND"
 EXTENSION_ENV = "STREAM_R1_FAST_EXTENSION"
-OPS = ("sink_attention", "ema_cache_update", "saliency_weights")
+OPS = _op_table.NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +70,6 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 
 def _cuda_path(choice: str) -> tuple[str, tuple[str, ...], str]:
     """(cuda_path, nvrtc_ops, nvrtc_reason) for a loaded extension."""
-    from stream_r1_fast import nvrtc
-
     compiled = [op for op in OPS if _has_kernel(op, "CUDA")]
     wanted = nvrtc.KERNEL_OPS if choice == "nvrtc" else tuple(
         op for op in nvrtc.KERNEL_OPS if op not in compiled
@@ -134,6 +138,8 @@ def _load() -> BackendInfo:
 
 
 INFO = _load()
+# CUDA kernels compiled at run time for the ops the extension has none for (or all, forced).
+nvrtc.register(INFO.nvrtc_ops)
 if INFO.name == "reference":
     warnings.warn(str(INFO), RuntimeWarning, stacklevel=2)
 else:
@@ -145,8 +151,8 @@ def backend_info() -> BackendInfo:
     return INFO
 
 
-# Which (op, device type) pairs have a kernel (compiled, or NVRTC: registered by
-# stream_r1_fast.ops), fixed at import. A plain dict so that the lookup inside the public ops
+# Which (op, device type) pairs have a kernel (compiled, or NVRTC: registered above), fixed
+# at import. A plain dict so that the lookup inside the public ops
 # traces under torch.compile(fullgraph=True).
 _KERNELS: dict[tuple[str, str], bool] = {
     (op, device_type): INFO.name == "extension" and (

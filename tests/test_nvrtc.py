@@ -16,17 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 
 import stream_r1_fast
-from stream_r1_fast import _backend, nvrtc
+from stream_r1_fast import _backend, _op_table, nvrtc
 from stream_r1_fast._backend import BACKEND_ENV, EXTENSION_ENV
-from stream_r1_fast.nvrtc import _compile
-from stream_r1_fast.nvrtc import ema_cache as nv_ema
-from stream_r1_fast.nvrtc import saliency as nv_saliency
-from stream_r1_fast.nvrtc import sink_attention as nv_attn
+from stream_r1_fast.nvrtc import _compile, _launch
 from stream_r1_fast.ops.ema_cache import new_sink_cache
 from test_ema_cache import _chunk, cache_cases
 from test_saliency import problems
@@ -34,7 +32,10 @@ from test_sink_attention import attention_cases, make_inputs
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_CUPY = importlib.util.find_spec("cupy") is not None
-SPECS = [nv_ema.SPEC, nv_saliency.SPEC, nv_attn.SPEC]
+HAS_EXTENSION = stream_r1_fast.backend_info().name == "extension"
+needs_extension = pytest.mark.skipif(not HAS_EXTENSION, reason="compiled extension not loaded")
+# The NVRTC units of every op (kernel names and params size come from the extension).
+SPECS = [_launch.spec(op) for op in nvrtc.KERNEL_OPS] if HAS_EXTENSION else []
 HAS_CXX = shutil.which("c++") is not None
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -150,6 +151,7 @@ def test_forcing_nvrtc_without_extension_fails_clearly():
 # ---- sources, cache key, layout ---------------------------------------------------------------
 
 
+@needs_extension
 def test_kernel_sources_are_found_and_torch_free():
     root = _compile.source_dir()
     assert root is not None
@@ -161,16 +163,30 @@ def test_kernel_sources_are_found_and_torch_free():
             assert not re.search(r"#include [<\"](ATen|torch|c10)/", text), f"{rel} includes torch"
 
 
-def test_header_constants_feed_the_launchers():
-    assert {"kThreads", "kUnroll", "kMaxBlocksX", "kMaxBlocksY"} <= set(_compile.header_constants(nv_ema.HEADER))
-    assert {"kTX", "kTY", "kThreads"} <= set(_compile.header_constants(nv_saliency.HEADER))
-    assert {"kThreads", "kBlockK", "kRopeThreads"} <= set(_compile.header_constants(nv_attn.HEADER))
+@needs_extension
+def test_kernel_names_and_params_come_from_the_extension():
+    """Every op of the op table has a planner in the extension, whose kernels live in the op's
+    namespace and whose params are whole 8-byte words (how the launcher passes them)."""
+    assert set(nvrtc.KERNEL_OPS) == set(_backend.OPS)
+    for op, spec in zip(nvrtc.KERNEL_OPS, SPECS):
+        folder = _op_table.op(op).folder
+        assert spec.header == f"{folder}/{folder}_kernels.cuh" and spec.params_type == f"srf::{folder}::Params"
+        assert spec.names and all(n.startswith(f"srf::{folder}::") for n in spec.names), spec.names
+        assert spec.params_bytes > 0 and spec.params_bytes % 8 == 0
 
 
+def test_op_table_parses():
+    text = "# comment\n\nsome_op  some  cpu,nvrtc  a.h,b/c.h\nother_op other cpu -\n"
+    assert _op_table.parse(text) == (_op_table.Op("some_op", "some", ("cpu", "nvrtc"), ("a.h", "b/c.h")),
+                                     _op_table.Op("other_op", "other", ("cpu",), ()))
+    assert _op_table.NAMES == tuple(op.name for op in _op_table.OPS) == _backend.OPS
+
+
+@needs_extension
 def test_cache_key_changes_with_every_input(tmp_path):
     root = tmp_path / "csrc"
     shutil.copytree(_compile.source_dir(), root)
-    spec = nv_ema.SPEC
+    spec = _launch.spec("ema_cache_update")
     args = dict(source=spec.source(), files=_compile.dependencies(spec.source(), root), target="sm_90",
                 options=_compile.compile_options("sm_90", root, ()), names=spec.names,
                 versions={"cupy": "14.2.0", "nvrtc": "13.0"})
@@ -219,48 +235,243 @@ def _run_cxx(tmp_path, header: str, body: str) -> list[int]:
     return [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
 
 
-@pytest.mark.skipif(not HAS_CXX, reason="no host C++ compiler")
-@pytest.mark.parametrize("struct, header", [(nv_ema.PARAMS, "ema_cache/ema_cache.h"),
-                                            (nv_saliency.PARAMS, "saliency/saliency.h"),
-                                            (nv_attn.PARAMS, "sink_attention/sink_attention.h"),
-                                            (nv_attn.LAYOUT, "sink_attention/sink_attention.h")],
-                         ids=lambda x: x.cxx_name if isinstance(x, _compile.Struct) else "")
-def test_params_layout_matches_cxx(tmp_path, struct, header):
-    """NVRTC cannot evaluate offsetof; the host compiler can, and CUDA lays structs out alike."""
-    fields = list(struct.dtype.fields)
-    prints = "\n".join(f'  std::printf("%zu\\n", offsetof({struct.cxx_name}, {f}));' for f in fields)
-    got = _run_cxx(tmp_path, header, f'  std::printf("%zu\\n", sizeof({struct.cxx_name}));\n{prints}')
-    want = [struct.dtype.itemsize] + [struct.dtype.fields[f][1] for f in fields]
-    assert got == want, dict(zip(["sizeof", *fields], zip(got, want)))
+# Fields of each op's Params the tests read back from the planner's bytes, with their types
+# (the test's own decoding; the offsets come from the host compiler, which lays the struct out
+# as nvcc and NVRTC do: CUDA guarantees it).
+_PTR, _I32, _I64, _F32, _F64 = np.uint64, np.int32, np.int64, np.float32, np.float64
+PARAMS_FIELDS = {
+    "sink_attention": dict(
+        q=_PTR, k=_PTR, v=_PTR, k_cache=_PTR, v_cache=_PTR, cache_pos=_PTR, q_pos=_PTR, out=_PTR,
+        lse=_PTR, rope_table=_PTR, batch=_I32, q_len=_I32, heads=_I32, head_dim=_I32, slots=_I32,
+        grid_h=_I32, grid_w=_I32, scale=_F32, rope_theta=_F64, dtype=_I32,
+        **{f"rope.{f}": _I32 for f in ("t_pairs", "h_pairs", "w_pairs", "frames")},
+        **{f"rope.{f}": _I64 for f in ("h_offset", "w_offset", "entries")}),
+    "ema_cache_update": dict(
+        k_cache=_PTR, v_cache=_PTR, cache_pos=_PTR, state=_PTR, k_new=_PTR, v_new=_PTR,
+        batch=_I64, slots=_I64, sink_size=_I64, new_frames=_I64, frame_elems=_I64, alpha=_F32,
+        one_minus_alpha=_F32, dtype=_I32),
+    "saliency_weights": dict(
+        saliency=_PTR, dtype=_I32, axis_weights=_PTR, axis_weights_b_stride=_I64,
+        **{f: _I64 for f in ("A", "B", "T", "C", "H", "W", "F", "h", "w", "tf", "sf")},
+        mode=_I32, tau_floor=_F32, sigma_floor=_F32, gamma_t=_F32, gamma_s=_F32, weights=_PTR,
+        tau=_PTR, sigma=_PTR, frame_mean=_PTR, sigma_sum=_PTR),
+}
+
+
+@pytest.fixture(scope="session")
+def cxx_layout(tmp_path_factory):
+    """{op: (sizeof(Params), {field: offset})} from the host compiler."""
+    if not HAS_CXX:
+        pytest.skip("no host C++ compiler")
+    out = {}
+    for op, fields in PARAMS_FIELDS.items():
+        folder = _op_table.op(op).folder
+        t = f"srf::{folder}::Params"
+        prints = "\n".join(f'  std::printf("%zu\\n", offsetof({t}, {f}));' for f in fields)
+        got = _run_cxx(tmp_path_factory.mktemp(folder), f"{folder}/{folder}.h",
+                       f'  std::printf("%zu\\n", sizeof({t}));\n{prints}')
+        out[op] = got[0], dict(zip(fields, got[1:]))
+    return out
+
+
+def _decode(layout, op: str, raw: bytes) -> dict[str, object]:
+    size, offsets = layout[op]
+    assert len(raw) == size
+    return {f: np.frombuffer(raw, dtype=t, count=1, offset=offsets[f])[0].item()
+            for f, t in PARAMS_FIELDS[op].items()}
+
+
+def _plan(op: str, *args):
+    """The extension's plan for CPU tensors: (outputs, buffers, params bytes, launches)."""
+    outputs, buffers, params, flat = _launch.plan(op, *args, device_type="cpu")
+    return outputs, buffers, params.numpy().tobytes(), _launch.launches(flat)
+
+
+def _sink_case(shape, dtype=torch.float32, head_dim=None):
+    s, fq, gh, gw, d = shape
+    return dict(batch=2, heads=3, head_dim=head_dim or d, grid_h=gh, grid_w=gw, frames=fq,
+                cache_pos=list(range(s)), q_pos=s, dtype=dtype, seed=0)
 
 
 # (slots, chunk frames, grid_h, grid_w, head_dim): streaming shapes and odd ones.
 LAYOUT_SHAPES = [(6, 3, 30, 52, 128), (0, 1, 1, 1, 64), (5, 2, 3, 7, 64), (18, 3, 12, 20, 128)]
 
 
-@pytest.mark.skipif(not HAS_CXX, reason="no host C++ compiler")
-def test_rope_table_layout_matches_cxx(tmp_path):
-    """The NVRTC launcher sizes the RoPE table as RopeTableLayout::of does."""
-    fields = list(nv_attn.LAYOUT.dtype.fields)
-    body = []
-    for s, fq, gh, gw, d in LAYOUT_SHAPES:
-        body.append(f"  {{ srf::SinkAttentionParams p{{}}; p.slots = {s}; p.q_len = {fq * gh * gw}; "
-                    f"p.grid_h = {gh}; p.grid_w = {gw}; p.head_dim = {d};\n"
-                    "    const auto l = srf::RopeTableLayout::of(p);\n")
-        body += [f'    std::printf("%lld\\n", static_cast<long long>(l.{f}));' for f in fields]
-        body.append("  }")
-    got = _run_cxx(tmp_path, "sink_attention/sink_attention.h", "\n".join(body))
-    want = [nv_attn.rope_table_layout(s, fq, gh, gw, d)[f] for s, fq, gh, gw, d in LAYOUT_SHAPES
-            for f in fields]
-    assert got == want
+@needs_extension
+def test_params_size_matches_every_compiler(cxx_layout):
+    """The bytes the planner returns have the size of the struct the host compiler (and NVRTC,
+    through the unit's static_assert) lays out from the same header."""
+    for op, spec in zip(nvrtc.KERNEL_OPS, SPECS):
+        assert spec.params_bytes == cxx_layout[op][0], op
+
+
+@needs_extension
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES, ids=str)
+def test_sink_attention_rope_table_layout(cxx_layout, shape):
+    """The plan's RoPE table: Wan's split of the head's pairs (t gets what 2 * (D // 6) leaves)
+    over S + Fq frames, grid_h rows and grid_w columns, and a workspace that holds it."""
+    s, fq, gh, gw, d = shape
+    inputs = make_inputs(_sink_case(shape), "cpu")
+    _, buffers, raw, plan = _plan("sink_attention", *inputs, gh, gw, 0.125, 1e4)
+    got = _decode(cxx_layout, "sink_attention", raw)
+    t, hw = (d - 4 * (d // 6)) // 2, d // 6
+    entries = (s + fq) * t + gh * hw + gw * hw
+    assert [got[f"rope.{f}"] for f in ("t_pairs", "h_pairs", "w_pairs", "frames", "h_offset", "w_offset", "entries")] == [
+        t, hw, hw, s + fq, (s + fq) * t, (s + fq) * t + gh * hw, entries]
+    assert buffers[5].numel() == 8 * entries and got["rope_table"] == buffers[5].data_ptr()
+    assert plan[0] == (0, (-(-entries // 256), 1, 1), (256, 1, 1), 0)
+
+
+# What the nvcc launcher used before the planner (sink_attention_kernel.cu's launch_for<T, D>:
+# WmmaCfg<T, D> / SimtCfg<D>::BQ, ::smem): the plan must keep them.
+CXX_LAUNCH = {(torch.bfloat16, 64): (64, 62720), (torch.bfloat16, 128): (64, 95488),
+              (torch.float16, 64): (64, 62720), (torch.float16, 128): (64, 95488),
+              (torch.float32, 64): (32, 52480), (torch.float32, 128): (32, 93440)}
+
+
+@dataclasses.dataclass
+class _Launch:
+    name: str
+    grid: tuple = ()
+    block: tuple = ()
+    args: tuple = ()
+    shared_mem: int = 0
+    max_dynamic_shared_size_bytes: int = 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.grid, self.block, self.args, self.shared_mem = grid, block, args, shared_mem
+
+
+def _stub_launches(monkeypatch) -> list[_Launch]:
+    """Kernel launches recorded instead of run (the launcher runs on CPU tensors)."""
+    launches: list[_Launch] = []
+
+    class Module:
+        def kernel(self, name, device):
+            launches.append(_Launch(name))
+            return launches[-1]
+
+    monkeypatch.setattr(_launch, "module", lambda op: Module())
+    monkeypatch.setattr(_launch, "torch_stream", lambda device: contextlib.nullcontext())
+    return launches
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype, head_dim", list(CXX_LAUNCH), ids=str)
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES[:3], ids=str)
+def test_sink_attention_launch_mirrors_cxx(monkeypatch, cxx_layout, dtype, head_dim, shape):
+    s, fq, gh, gw, _ = shape
+    launches = _stub_launches(monkeypatch)
+    inputs = make_inputs(_sink_case(shape, dtype, head_dim), "cpu")
+    out, lse = _launch.run("sink_attention", *inputs, gh, gw, 0.125, 10000.0, device_type="cpu")
+    assert out.shape == inputs[0].shape and out.dtype == dtype
+    assert lse.shape == (2, 3, fq * gh * gw) and lse.dtype == torch.float32
+
+    rope, attn = launches
+    assert rope.name == "srf::sink_attention::rope_table_kernel"
+    assert rope.block == (256, 1, 1) and rope.shared_mem == 0
+    block_q, smem = CXX_LAUNCH[(dtype, head_dim)]
+    kind = "simt" if dtype == torch.float32 else "wmma"
+    assert attn.name.startswith(f"srf::sink_attention::{kind}_kernel<") and f"{head_dim}>" in attn.name
+    assert attn.grid == (-(-fq * gh * gw // block_q), 3, 2) and attn.block == (128, 1, 1)
+    assert attn.shared_mem == smem and attn.max_dynamic_shared_size_bytes == smem
+    (params,), (again,) = attn.args, rope.args
+    assert again is params  # every kernel of the op takes the same params struct
+    got = _decode(cxx_layout, "sink_attention", params.tobytes())
+    assert (got["out"], got["lse"]) == (out.data_ptr(), lse.data_ptr())
+    assert [got[n] for n in ("q", "k", "v", "k_cache", "v_cache", "cache_pos", "q_pos")] == [
+        t.data_ptr() for t in inputs]
+    sizes = (got["batch"], got["q_len"], got["heads"], got["head_dim"], got["slots"])
+    assert sizes == (2, fq * gh * gw, 3, head_dim, s)
+    assert (got["grid_h"], got["grid_w"], got["scale"], got["rope_theta"]) == (gh, gw, 0.125, 1e4)
+    assert got["dtype"] == {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
+
+
+@needs_extension
+def test_sink_attention_launch_copies_misaligned_inputs_and_skips_empty(monkeypatch, cxx_layout):
+    launches = _stub_launches(monkeypatch)
+    case = dict(batch=1, heads=2, head_dim=64, grid_h=3, grid_w=5, frames=2, cache_pos=[0, -1],
+                q_pos=2, dtype=torch.bfloat16, seed=0)
+    inputs = list(make_inputs(case, "cpu"))
+    inputs[0] = torch.cat([inputs[0].new_zeros(1), inputs[0].flatten()])[1:].view(inputs[0].shape)
+    assert inputs[0].data_ptr() % 16 == 2  # a view 2 bytes off
+    _launch.run("sink_attention", *inputs, 3, 5, 0.125, 10000.0, device_type="cpu")
+    got = _decode(cxx_layout, "sink_attention", launches[-1].args[0].tobytes())
+    assert got["q"] != inputs[0].data_ptr() and got["q"] % 16 == 0  # a copy
+    assert got["k"] == inputs[1].data_ptr()  # aligned: used in place
+
+    launches.clear()
+    empty = [t[:0] if i < 5 else t for i, t in enumerate(inputs)]
+    out, lse = _launch.run("sink_attention", *empty, 3, 5, 0.125, 10000.0, device_type="cpu")
+    assert launches == [] and out.shape == empty[0].shape and lse.shape == (0, 2, 30)
+
+
+@needs_extension
+def test_sink_attention_cuda_validates_like_the_compiled_kernel():
+    """The launcher plans through the CUDA entry point's checks: RuntimeError with the
+    compiled kernel's messages, before anything is compiled or launched."""
+    case = dict(batch=1, heads=2, head_dim=64, grid_h=3, grid_w=3, frames=1, cache_pos=[0, -1],
+                q_pos=1, dtype=torch.float32, seed=0)
+    inputs = make_inputs(case, "cpu")
+    kernel = _launch.launcher("sink_attention")
+    with pytest.raises(RuntimeError, match=re.escape("must be a multiple of grid_h * grid_w")):
+        kernel(*inputs, 3, 2, 0.125, 10000.0)
+    with pytest.raises(RuntimeError, match=re.escape("must be on the device of q (cpu)")):
+        kernel(*inputs, 3, 3, 0.125, 10000.0)
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_ema_cache_plan_round_trips(monkeypatch, cxx_layout, dtype):
+    """The data kernel of the dtype at the widest vector width the frames allow, then the
+    state kernel, both on the params of these tensors."""
+    launches = _stub_launches(monkeypatch)
+    k, v, pos, state = new_sink_cache(2, 2, 3, 5, 3, 40, dtype=dtype)
+    k_new = torch.randn(2, 2 * 5, 3, 40, dtype=dtype)
+    v_new = k_new.clone()
+    assert _launch.run("ema_cache_update", k, v, pos, state, k_new, v_new, 2, 0.7, device_type="cpu") is None
+    move, step = launches
+    ctype = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}[dtype]
+    assert move.name == f"srf::ema_cache::move_kernel<{ctype}, 16>" and step.name == "srf::ema_cache::state_kernel"
+    frame_bytes = 5 * 3 * 40 * dtype.itemsize
+    assert move.grid == (-(-frame_bytes // 16 // 1024), 4, 1) and move.block == (256, 1, 1)
+    assert step.grid == (1, 1, 1) and step.block == (32, 1, 1)
+    got = _decode(cxx_layout, "ema_cache_update", move.args[0].tobytes())
+    assert [got[n] for n in ("k_cache", "v_cache", "cache_pos", "state", "k_new", "v_new")] == [
+        t.data_ptr() for t in (k, v, pos, state, k_new, v_new)]
+    assert [got[n] for n in ("batch", "slots", "sink_size", "new_frames", "frame_elems")] == [2, 5, 2, 2, 600]
+    assert got["alpha"] == np.float32(0.7) and got["one_minus_alpha"] == np.float32(1 - 0.7)
+
+
+@needs_extension
+@pytest.mark.parametrize("mode", ["vae", "trilinear"])
+def test_saliency_plan_round_trips(monkeypatch, cxx_layout, mode):
+    launches = _stub_launches(monkeypatch)
+    x = torch.rand(2, 1, 5, 3, 17, 9)
+    aw = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    w, tau, sigma = _launch.run("saliency_weights", x, aw, mode, 4, 8, 0.2, 0.15, 1.0, 1.0,
+                                device_type="cpu")
+    assert w.shape == sigma.shape == (1, 2, 3, 2) and tau.shape == (1, 2)
+    latent, spatial, weights = launches
+    assert latent.name == f"srf::saliency::latent_{mode}_kernel<float, 3>"
+    assert (spatial.name, weights.name) == ("srf::saliency::spatial_kernel", "srf::saliency::weights_kernel")
+    assert spatial.grid == weights.grid == (2, 1, 1)
+    assert latent.block == ((64, 4, 1) if mode == "vae" else (256, 1, 1))
+    _, buffers, raw, _ = _plan("saliency_weights", x, aw, mode, 4, 8, 0.2, 0.15, 1.0, 1.0)
+    got = _decode(cxx_layout, "saliency_weights", raw)
+    assert [got[n] for n in ("A", "B", "T", "C", "H", "W", "F", "h", "w", "tf", "sf")] == [2, 1, 5, 3, 17, 9, 2, 3, 2, 4, 8]
+    workspace, weights_f32 = buffers
+    assert got["axis_weights"] == weights_f32.data_ptr() and weights_f32.dtype == torch.float32
+    assert (got["frame_mean"], got["sigma_sum"]) == (workspace.data_ptr(), workspace.data_ptr() + 2 * 4)
+    assert got["mode"] == (0 if mode == "vae" else 1) and got["saliency"] == x.data_ptr()
 
 
 @pytest.mark.skipif(not HAS_CUPY, reason="CuPy not installed")
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.op)
 def test_every_kernel_compiles_with_nvrtc(spec, arch):
-    """NVRTC needs no GPU: the shipped sources compile, every name expression resolves, and
-    the params structs pass the size checks compiled into the unit."""
+    """NVRTC needs no GPU: the shipped sources compile, every name expression the extension
+    reports resolves, and the params struct passes the size check compiled into the unit."""
     from cupy.cuda import nvrtc as cupy_nvrtc
 
     root = _compile.source_dir()
@@ -296,115 +507,15 @@ def test_cubin_is_whole():
 
 
 @pytest.mark.skipif(not HAS_CUPY, reason="CuPy not installed")
-def test_sink_attention_launch_sizes_are_checked_against_the_kernels(monkeypatch):
-    """The unit static_asserts the launcher's block and shared-memory sizes: a launcher whose
-    numbers drifted from WmmaCfg / SimtCfg does not compile."""
-    key = (torch.bfloat16, 128)
-    drifted = {**nv_attn.configs(), key: dataclasses.replace(nv_attn.configs()[key], smem=95488 + 16)}
-    monkeypatch.setattr(nv_attn, "configs", lambda: drifted)
-    includes, _ = _compile.find_cuda_headers(nv_attn.SPEC.cuda_headers)
+@needs_extension
+def test_params_size_is_checked_against_the_kernels():
+    """The unit static_asserts the size of the params the planner passes: kernel sources and an
+    extension that disagree on the struct do not compile."""
+    spec = dataclasses.replace(_launch.spec("sink_attention"), params_bytes=_launch.spec("sink_attention").params_bytes + 8)
+    includes, _ = _compile.find_cuda_headers(spec.cuda_headers)
     options = _compile.compile_options("sm_80", _compile.source_dir(), includes)
-    with pytest.raises(RuntimeError, match=re.escape("WmmaCfg<__nv_bfloat16, 128>::smem differs")):
-        _compile.nvrtc_compile(nv_attn.SPEC.source(), options, (), "cubin")
-
-
-# ---- sink_attention's launch, kernels stubbed (runs on CPU tensors) -----------------------------
-
-# What sink_attention_kernel.cu's launch_for<T, D> uses: WmmaCfg<T, D> / SimtCfg<D>::BQ, ::smem.
-CXX_LAUNCH = {(torch.bfloat16, 64): (64, 62720), (torch.bfloat16, 128): (64, 95488),
-              (torch.float16, 64): (64, 62720), (torch.float16, 128): (64, 95488),
-              (torch.float32, 64): (32, 52480), (torch.float32, 128): (32, 93440)}
-
-
-@dataclasses.dataclass
-class _Launch:
-    name: str
-    grid: tuple = ()
-    block: tuple = ()
-    args: tuple = ()
-    shared_mem: int = 0
-    max_dynamic_shared_size_bytes: int = 0
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        self.grid, self.block, self.args, self.shared_mem = grid, block, args, shared_mem
-
-
-def _stub_launches(monkeypatch) -> list[_Launch]:
-    launches: list[_Launch] = []
-
-    def kernel(name, device):
-        launches.append(_Launch(name))
-        return launches[-1]
-
-    monkeypatch.setattr(nv_attn.MODULE, "kernel", kernel)
-    monkeypatch.setattr(nv_attn, "torch_stream", lambda device: contextlib.nullcontext())
-    return launches
-
-
-@pytest.mark.parametrize("dtype, head_dim", list(CXX_LAUNCH), ids=str)
-@pytest.mark.parametrize("shape", LAYOUT_SHAPES[:3], ids=str)
-def test_sink_attention_launch_mirrors_cxx(monkeypatch, dtype, head_dim, shape):
-    s, fq, gh, gw, _ = shape
-    launches = _stub_launches(monkeypatch)
-    case = dict(batch=2, heads=3, head_dim=head_dim, grid_h=gh, grid_w=gw, frames=fq,
-                cache_pos=list(range(s)), q_pos=s, dtype=dtype, seed=0)
-    inputs = make_inputs(case, "cpu")
-    out, lse = nv_attn.forward(*inputs, gh, gw, 0.125, 10000.0)
-    assert out.shape == inputs[0].shape and out.dtype == dtype
-    assert lse.shape == (2, 3, fq * gh * gw) and lse.dtype == torch.float32
-
-    rope, attn = launches
-    layout = nv_attn.rope_table_layout(s, fq, gh, gw, head_dim)
-    assert rope.name == "srf::attn::rope_table_kernel"
-    assert rope.grid == (-(-layout["entries"] // 256),) and rope.block == (256,) and rope.shared_mem == 0
-    table, layout_arg, cache_pos, q_pos, slots, theta = rope.args
-    assert {f: int(layout_arg[f][0]) for f in layout} == layout
-    assert (cache_pos, q_pos, int(slots), float(theta)) == (inputs[5].data_ptr(), inputs[6].data_ptr(), s, 1e4)
-
-    block_q, smem = CXX_LAUNCH[(dtype, head_dim)]
-    kind = "simt" if dtype == torch.float32 else "wmma"
-    assert attn.name.startswith(f"srf::attn::sink_attention_{kind}_kernel<") and f"{head_dim}>" in attn.name
-    assert attn.grid == (-(-fq * gh * gw // block_q), 3, 2) and attn.block == (128,)
-    assert attn.shared_mem == smem and attn.max_dynamic_shared_size_bytes == smem
-    params, layout_again = attn.args
-    assert layout_again is layout_arg
-    got = {f: params[f][0].item() for f in params.dtype.names}
-    assert got["rope_table"] == table
-    assert (got["out"], got["lse"]) == (out.data_ptr(), lse.data_ptr())
-    assert [got[n] for n in ("q", "k", "v", "k_cache", "v_cache")] == [t.data_ptr() for t in inputs[:5]]
-    sizes = (got["batch"], got["q_len"], got["heads"], got["head_dim"], got["slots"])
-    assert sizes == (2, fq * gh * gw, 3, head_dim, s)
-    assert (got["grid_h"], got["grid_w"], got["scale"], got["rope_theta"]) == (gh, gw, 0.125, 1e4)
-    assert got["dtype"] == {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
-
-
-def test_sink_attention_launch_copies_misaligned_inputs_and_skips_empty(monkeypatch):
-    launches = _stub_launches(monkeypatch)
-    case = dict(batch=1, heads=2, head_dim=64, grid_h=3, grid_w=5, frames=2, cache_pos=[0, -1],
-                q_pos=2, dtype=torch.bfloat16, seed=0)
-    inputs = list(make_inputs(case, "cpu"))
-    inputs[0] = torch.cat([inputs[0].new_zeros(1), inputs[0].flatten()])[1:].view(inputs[0].shape)
-    assert inputs[0].data_ptr() % 16 == 2  # a view 2 bytes off
-    nv_attn.forward(*inputs, 3, 5, 0.125, 10000.0)
-    q_ptr, k_ptr = (int(launches[-1].args[0][f][0]) for f in ("q", "k"))
-    assert q_ptr != inputs[0].data_ptr() and q_ptr % 16 == 0  # a copy
-    assert k_ptr == inputs[1].data_ptr()  # aligned: used in place
-
-    launches.clear()
-    empty = [t[:0] if i < 5 else t for i, t in enumerate(inputs)]
-    out, lse = nv_attn.forward(*empty, 3, 5, 0.125, 10000.0)
-    assert launches == [] and out.shape == empty[0].shape and lse.shape == (0, 2, 30)
-
-
-def test_sink_attention_cuda_validates_like_the_compiled_kernel():
-    """Checks run first and raise RuntimeError with the compiled kernel's messages."""
-    case = dict(batch=1, heads=2, head_dim=64, grid_h=3, grid_w=3, frames=1, cache_pos=[0, -1],
-                q_pos=1, dtype=torch.float32, seed=0)
-    inputs = make_inputs(case, "cpu")
-    with pytest.raises(RuntimeError, match=re.escape("must be a multiple of grid_h * grid_w")):
-        nv_attn.sink_attention_cuda(*inputs, 3, 2, 0.125, 10000.0)
-    with pytest.raises(RuntimeError, match=re.escape("must be on the device of q (cpu)")):
-        nv_attn.sink_attention_cuda(*inputs, 3, 3, 0.125, 10000.0)
+    with pytest.raises(RuntimeError, match=re.escape("srf::sink_attention::Params differs from the compiled extension")):
+        _compile.nvrtc_compile(spec.source(), options, (), "cubin")
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------
@@ -448,7 +559,7 @@ def test_ema_cache_agrees_with_compiled(case):
     for fn in case["fns"]:
         k_new, v_new = _chunk(case, fn, gen, torch.device("cuda"))
         torch.ops.stream_r1_fast.ema_cache_update(*compiled, k_new, v_new, case["sink_size"], case["alpha"])
-        nv_ema.ema_cache_update_cuda(*ours, k_new, v_new, case["sink_size"], case["alpha"])
+        _launch.launcher("ema_cache_update")(*ours, k_new, v_new, case["sink_size"], case["alpha"])
     for got, want in zip(ours, compiled):
         assert torch.equal(got, want)  # same kernels, same rounding: bit for bit
 
@@ -466,7 +577,7 @@ def test_ema_cache_fold_at_every_sink_length_agrees_with_compiled(sink_size, win
     for _ in range(14):
         k_new, v_new = _chunk(case, 3, gen, torch.device("cuda"))
         torch.ops.stream_r1_fast.ema_cache_update(*compiled, k_new, v_new, sink_size, 0.7)
-        nv_ema.ema_cache_update_cuda(*ours, k_new, v_new, sink_size, 0.7)
+        _launch.launcher("ema_cache_update")(*ours, k_new, v_new, sink_size, 0.7)
     for got, want in zip(ours, compiled):
         assert torch.equal(got, want)
 
@@ -482,7 +593,7 @@ def test_saliency_agrees_with_compiled(problem):
         aw = torch.full((x.shape[0],), 1.0 / x.shape[0])
     args = (x.cuda(), aw.cuda(), *kw.values())  # kw is in the schema's order
     want = torch.ops.stream_r1_fast.saliency_weights(*args)
-    got = nv_saliency.saliency_weights_cuda(*args)
+    got = _launch.launcher("saliency_weights")(*args)
     for g, w, name in zip(got, want, ("weights", "tau", "sigma")):
         # nvcc and NVRTC may contract a float op differently: float32 rounding apart at most.
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
@@ -495,7 +606,7 @@ def test_sink_attention_agrees_with_compiled(case):
     inputs = make_inputs(case, torch.device("cuda"))
     args = (*inputs, case["grid_h"], case["grid_w"], case["head_dim"] ** -0.5, 10000.0)
     want = torch.ops.stream_r1_fast.sink_attention(*args)
-    got = nv_attn.sink_attention_cuda(*args)
+    got = _launch.launcher("sink_attention")(*args)
     # nvcc and NVRTC may contract a float op differently: a float32 rounding apart before the
     # output's own rounding, so at most one unit in the last place of the output dtype.
     eps = torch.finfo(case["dtype"]).eps if case["dtype"] != torch.float32 else 1e-5

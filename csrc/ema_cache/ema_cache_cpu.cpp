@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "ema_cache/ema_cache_checks.h"
+#include "ema_cache/ema_cache_torch.h"
 
-namespace srf {
+namespace srf::ema_cache {
 namespace {
 
 // The CPU reads state anyway, so an inconsistent one is an error rather than clamped.
@@ -28,7 +28,7 @@ void check_state_values(const int* st, int64_t sink_size, int64_t ring) {
 // blended in float32 and rounded once, as the reference does. A group of one frame is used
 // as it is, so E == S folds bit for bit as the one-frame EMA always did.
 template <typename scalar_t>
-void fold_sink(const EmaCacheParams& prm, const EmaCachePlan& plan, scalar_t* cache, int64_t e0,
+void fold_sink(const Params& prm, const StepPlan& plan, scalar_t* cache, int64_t e0,
                int64_t n) {
   const int64_t fe = prm.frame_elems;
   const int sink_size = static_cast<int>(prm.sink_size);
@@ -68,7 +68,7 @@ void fold_sink(const EmaCacheParams& prm, const EmaCachePlan& plan, scalar_t* ca
 // sink frame, then copies its range of every new frame, so an evicted element is read (by
 // the same task) before it is overwritten and no two tasks touch the same element.
 template <typename scalar_t>
-void move_frames(const EmaCacheParams& prm, const EmaCachePlan& plan) {
+void move_frames(const Params& prm, const StepPlan& plan) {
   const int64_t fe = prm.frame_elems, s = prm.slots, fn = prm.new_frames;
   const int ring = static_cast<int>(prm.slots - prm.sink_size);
   const int64_t rows = 2 * prm.batch;  // (tensor, batch)
@@ -97,13 +97,13 @@ void ema_cache_update_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
                           const at::Tensor& cache_pos, const at::Tensor& state,
                           const at::Tensor& k_new, const at::Tensor& v_new, int64_t sink_size,
                           double alpha) {
-  const EmaCacheParams prm =
-      check_ema_cache_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha);
+  const Params prm =
+      make_params(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha);
   TORCH_CHECK(k_cache.device().is_cpu(), "k_cache must be a CPU tensor for the CPU kernel");
   const int ring = static_cast<int>(prm.slots - prm.sink_size);
   check_state_values(prm.state, prm.sink_size, ring);
-  const EmaCachePlan plan = ema_cache_plan(prm.state, static_cast<int>(prm.sink_size), ring,
-                                           static_cast<int>(prm.new_frames));
+  const StepPlan plan =
+      step_plan(prm.state, static_cast<int>(prm.sink_size), ring, static_cast<int>(prm.new_frames));
   if (prm.batch * prm.frame_elems > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k_cache.scalar_type(),
                                     "ema_cache_update_cpu",
@@ -119,8 +119,8 @@ void ema_cache_update_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache,
 }
 
 }  // namespace
-}  // namespace srf
+}  // namespace srf::ema_cache
 
 TORCH_LIBRARY_IMPL(stream_r1_fast, CPU, m) {
-  m.impl("ema_cache_update", &srf::ema_cache_update_cpu);
+  m.impl("ema_cache_update", &srf::ema_cache::ema_cache_update_cpu);
 }

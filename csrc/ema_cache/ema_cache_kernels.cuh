@@ -1,15 +1,15 @@
-// ema_cache_update device code, shared by the nvcc build (ema_cache_kernel.cu launches it)
-// and the run-time NVRTC build (stream_r1_fast/nvrtc/ema_cache.py launches it). Torch-free and
+// ema_cache_update device code, shared by the nvcc build (ema_cache_launch.cu) and the
+// run-time NVRTC build (stream_r1_fast/nvrtc); both run plan() of ema_cache.h. Torch-free and
 // free of host code, so NVRTC compiles it as it is.
 //
 // Two launches on one stream, both reading `state` from device memory so the step needs no
 // host sync and can be captured in a CUDA graph:
-//   1. ema_cache_move_kernel: every thread derives the update plan from `state` and owns a
+//   1. move_kernel: every thread derives the update plan from `state` and owns a
 //      few vector columns of one (tensor, batch) cache: when folding, it first folds the
 //      evicted frames of its columns into every sink frame (the mean of the sink frame's group,
 //      ema_fold_group, in float32), then writes its columns of every new frame (sink fill or
 //      ring slot, the evicted slots included);
-//   2. ema_cache_state_kernel: one warp rewrites cache_pos and state. It is a separate launch
+//   2. state_kernel: one warp rewrites cache_pos and state. It is a separate launch
 //      so that no block of (1) can read a state that was already advanced.
 // Within (1) every element is read and written by the thread that owns its column only, and
 // that thread reads every evicted element before it overwrites it: no inter-thread hazards.
@@ -17,13 +17,7 @@
 #include "common/cuda_utils.h"
 #include "ema_cache/ema_cache.h"
 
-namespace srf::ema {
-
-constexpr int kThreads = 256;
-constexpr int kUnroll = 4;                    // vectors in flight per thread
-constexpr int kTile = kThreads * kUnroll;     // vectors per block per step
-constexpr int kMaxBlocksX = 4096;             // grid-stride beyond that
-constexpr int kMaxBlocksY = 65535;
+namespace srf::ema_cache {
 
 // VB bytes of T moved as one aligned load / store (VB in {2, 4, 8, 16}, VB >= sizeof(T)).
 template <typename T, int VB>
@@ -34,13 +28,13 @@ struct alignas(VB) Vec {
 
 template <typename T, int VB>
 __global__ void __launch_bounds__(kThreads)
-    ema_cache_move_kernel(EmaCacheParams prm) {
+    move_kernel(const Params prm) {
   using V = Vec<T, VB>;
   constexpr int kE = V::kElems;
   const int sink_size = static_cast<int>(prm.sink_size);
   const int ring = static_cast<int>(prm.slots - prm.sink_size);
   const int fn = static_cast<int>(prm.new_frames);
-  const EmaCachePlan plan = ema_cache_plan(prm.state, sink_size, ring, fn);
+  const StepPlan plan = step_plan(prm.state, sink_size, ring, fn);
   const int64_t nvec = prm.frame_elems / kE;  // the frame size is a multiple of VB
   const int64_t rows = 2 * prm.batch;          // (tensor, batch)
 
@@ -122,10 +116,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void ema_cache_state_kernel(int* state, int* cache_pos, int slots, int sink_size,
-                                       int new_frames) {
+__global__ void state_kernel(const Params prm) {
+  int* state = prm.state;
+  int* cache_pos = prm.cache_pos;
+  const int slots = static_cast<int>(prm.slots), sink_size = static_cast<int>(prm.sink_size);
+  const int new_frames = static_cast<int>(prm.new_frames);
   const int ring = slots - sink_size;
-  const EmaCachePlan plan = ema_cache_plan(state, sink_size, ring, new_frames);
+  const StepPlan plan = step_plan(state, sink_size, ring, new_frames);
   int next[4];
   ema_next_state(plan, ring, next);
   for (int slot = threadIdx.x; slot < slots; slot += blockDim.x) {
@@ -137,4 +134,4 @@ __global__ void ema_cache_state_kernel(int* state, int* cache_pos, int slots, in
   }
 }
 
-}  // namespace srf::ema
+}  // namespace srf::ema_cache

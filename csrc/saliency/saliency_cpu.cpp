@@ -192,15 +192,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> saliency_weights_cpu(
     double gamma_t, double gamma_s) {
   TORCH_CHECK(saliency.device().is_cpu(), "saliency must be a CPU tensor here, got ",
               saliency.device());
-  Prepared prep = prepare(saliency, axis_weights, std::string_view(mode.data(), mode.size()),
+  const Prepared<Params> prep = prepare(saliency, axis_weights, std::string_view(mode.data(), mode.size()),
                           temporal_factor, spatial_factor, tau_floor, sigma_floor, gamma_t,
                           gamma_s);
-  switch (prep.p.dtype) {
-    case DType::kFloat32: run<float>(prep.p); break;
-    case DType::kFloat16: run<c10::Half>(prep.p); break;
-    case DType::kBFloat16: run<c10::BFloat16>(prep.p); break;
+  switch (prep.params.dtype) {
+    case DType::kFloat32: run<float>(prep.params); break;
+    case DType::kFloat16: run<c10::Half>(prep.params); break;
+    case DType::kBFloat16: run<c10::BFloat16>(prep.params); break;
   }
-  return {prep.weights, prep.tau, prep.sigma};
+  return {prep.outputs[0], prep.outputs[1], prep.outputs[2]};
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
-// saliency_weights device code, shared by the nvcc build (saliency_kernel.cu launches it) and
-// the run-time NVRTC build (stream_r1_fast/nvrtc/saliency.py launches it). Torch-free and free
-// of host code, so NVRTC compiles it as it is.
+// saliency_weights device code, shared by the nvcc build (saliency_launch.cu) and the run-time
+// NVRTC build (stream_r1_fast/nvrtc); both run plan() of saliency.h. Torch-free and free of
+// host code, so NVRTC compiles it as it is.
 //
 // Three launches:
 //   1. latent map: vae — one block per (b, f, latent row i, column tile), threads laid out
@@ -19,9 +19,6 @@
 
 namespace srf::saliency {
 
-constexpr int kTX = 64;  // pixel columns per block row (two warps of coalesced loads)
-constexpr int kTY = 4;   // (frame, row) pairs processed side by side
-constexpr int kThreads = 256;
 // The latent kernels are bound by memory latency: 4 resident blocks (<= 64 registers) keep
 // more loads in flight than fewer, wider-unrolled ones.
 constexpr int kLatentMinBlocks = 4;

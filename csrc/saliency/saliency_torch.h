@@ -1,5 +1,7 @@
-// saliency_weights: argument checks, output allocation and Params filling, shared by the CPU
-// and CUDA entry points so that both reject the same inputs with the same messages.
+// saliency_weights' torch glue, shared by the CPU kernel, the CUDA entry point and the
+// saliency_weights_plan op: prepare() checks the arguments (what keeps a direct torch.ops call
+// memory safe; the user-facing checks are check_inputs of stream_r1_fast/ops/saliency.py),
+// allocates the outputs and the workspace, fills Params and plans the CUDA launches.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -8,23 +10,17 @@
 
 #include "common/checks.h"
 #include "common/dtype.h"
+#include "common/plan_op.h"
 #include "saliency/saliency.h"
 
 namespace srf::saliency {
-
-// Everything an entry point needs after validation: the params (pointers set) and the tensors
-// that own the memory behind them.
-struct Prepared {
-  Params p;
-  at::Tensor axis_weights;  // float32 contiguous copy (or an empty tensor for a fused map)
-  at::Tensor weights, tau, sigma, workspace;
-};
 
 inline void check_unit_interval(double v, const char* name) {
   TORCH_CHECK(v >= 0.0 && v <= 1.0, name, " must be in [0, 1], got ", v);
 }
 
-inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weights,
+// outputs = (weights, tau, sigma); buffers = (workspace[, float32 copy of axis_weights]).
+inline Prepared<Params> prepare(const at::Tensor& saliency, const at::Tensor& axis_weights,
                         std::string_view mode, int64_t temporal_factor, int64_t spatial_factor,
                         double tau_floor, double sigma_floor, double gamma_t, double gamma_s) {
   TORCH_CHECK(saliency.dim() == 6 || saliency.dim() == 4,
@@ -46,8 +42,9 @@ inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weigh
   check_unit_interval(gamma_t, "gamma_t");
   check_unit_interval(gamma_s, "gamma_s");
 
-  Prepared out;
-  Params& p = out.p;
+  Prepared<Params> out;
+  Params& p = out.params;
+  at::Tensor weights_f32;
   p.fused_input = saliency.dim() == 4;
   const int64_t off = p.fused_input ? -1 : 0;  // index shift: [A, B, T, C, H, W] vs [B, T, H, W]
   p.A = p.fused_input ? 1 : saliency.size(0);
@@ -71,8 +68,8 @@ inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weigh
     TORCH_CHECK(per_axis || per_sample, "axis_weights must have shape [A] = [", p.A,
                 "] or [B, A] = [", p.B, ", ", p.A, "] for saliency of shape ", saliency.sizes(),
                 ", got ", axis_weights.sizes());
-    out.axis_weights = axis_weights.to(at::kFloat).contiguous();
-    p.axis_weights = out.axis_weights.data_ptr<float>();
+    weights_f32 = axis_weights.to(at::kFloat).contiguous();
+    p.axis_weights = weights_f32.data_ptr<float>();
     p.axis_weights_b_stride = per_sample ? p.A : 0;
   }
 
@@ -100,16 +97,27 @@ inline Prepared prepare(const at::Tensor& saliency, const at::Tensor& axis_weigh
   p.dtype = dtype_code(saliency.scalar_type());
 
   const auto opts = saliency.options().dtype(at::kFloat);
-  out.weights = at::empty({p.B, p.F, p.h, p.w}, opts);
-  out.tau = at::empty({p.B, p.F}, opts);
-  out.sigma = at::empty({p.B, p.F, p.h, p.w}, opts);
-  out.workspace = at::empty({2, p.B * p.F}, opts);
-  p.weights = out.weights.data_ptr<float>();
-  p.tau = out.tau.data_ptr<float>();
-  p.sigma = out.sigma.data_ptr<float>();
-  p.frame_mean = out.workspace.data_ptr<float>();
+  at::Tensor weights = at::empty({p.B, p.F, p.h, p.w}, opts);
+  at::Tensor tau = at::empty({p.B, p.F}, opts);
+  at::Tensor sigma = at::empty({p.B, p.F, p.h, p.w}, opts);
+  out.outputs = {weights, tau, sigma};
+  out.plan = plan(p);
+  at::Tensor workspace = workspace_for(out.plan, saliency);
+  out.buffers = {workspace};
+  if (weights_f32.defined()) out.buffers.push_back(weights_f32);
+  p.weights = weights.data_ptr<float>();
+  p.tau = tau.data_ptr<float>();
+  p.sigma = sigma.data_ptr<float>();
+  p.frame_mean = static_cast<float*>(workspace.data_ptr());
   p.sigma_sum = p.frame_mean + p.B * p.F;
   return out;
+}
+
+// The dispatcher picks CUDA when any argument is on CUDA; a fused map ignores axis_weights,
+// so the device of saliency itself must be checked.
+inline void check_cuda(const at::Tensor& saliency, const at::Tensor& axis_weights) {
+  TORCH_CHECK(saliency.is_cuda(), "saliency must be a CUDA tensor here (axis_weights is on ",
+              axis_weights.device(), "), got ", saliency.device());
 }
 
 }  // namespace srf::saliency

@@ -12,16 +12,15 @@
 #include <tuple>
 #include <vector>
 
-#include "sink_attention/sink_attention.h"
-#include "sink_attention/sink_attention_checks.h"
+#include "sink_attention/sink_attention_torch.h"
 
-namespace srf {
+namespace srf::sink_attention {
 namespace {
 
 constexpr int kQueryBlock = 64;  // queries per task: [64, keys] float32 scores at a time
 
 // (cos, sin) of every rotation, in float64 then rounded, as the reference computes them.
-void fill_rope_table(const SinkAttentionParams& p, const RopeTableLayout& l, float* table) {
+void fill_rope_table(const Params& p, const RopeTableLayout& l, float* table) {
   const double theta = p.rope_theta;
   auto fill = [&](int64_t offset, int n_pos, int pairs, auto pos_of) {
     for (int i = 0; i < n_pos; ++i) {
@@ -61,10 +60,10 @@ void rotate_token(const T* src, float* dst, const float* table, const RopeTableL
 }
 
 template <typename T>
-void sink_attention_cpu_kernel(const SinkAttentionParams& p) {
-  const int B = p.batch, H = p.heads, D = p.head_dim, S = p.slots, P = p.tokens_per_frame();
+void sink_attention_cpu_kernel(const Params& p) {
+  const int B = p.batch, H = p.heads, D = p.head_dim, S = p.slots, P = p.grid_h * p.grid_w;
   const int Lq = p.q_len, gw = p.grid_w;
-  const RopeTableLayout l = RopeTableLayout::of(p);
+  const RopeTableLayout& l = p.rope;
   std::vector<float> table(2 * l.entries);
   fill_rope_table(p, l, table.data());
 
@@ -81,7 +80,7 @@ void sink_attention_cpu_kernel(const SinkAttentionParams& p) {
     if (p.cache_pos[s] < 0) continue;
     for (int t = 0; t < P; ++t) keys.push_back({s, t, true, s});
   }
-  for (int f = 0; f < p.q_frames(); ++f)
+  for (int f = 0; f < p.q_len / P; ++f)
     for (int t = 0; t < P; ++t) keys.push_back({S + f, t, false, f});
   const int64_t nk = static_cast<int64_t>(keys.size());
 
@@ -153,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(const at::Tensor& q, const
                                                       const at::Tensor& q_pos, int64_t grid_h,
                                                       int64_t grid_w, double scale,
                                                       double rope_theta) {
-  SinkAttentionParams p = sink_attention_params(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h,
+  Params p = make_params(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h,
                                                 grid_w, scale, rope_theta);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
@@ -166,6 +165,6 @@ std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(const at::Tensor& q, const
 }
 
 }  // namespace
-}  // namespace srf
+}  // namespace srf::sink_attention
 
-TORCH_LIBRARY_IMPL(stream_r1_fast, CPU, m) { m.impl("sink_attention", &srf::sink_attention_cpu); }
+TORCH_LIBRARY_IMPL(stream_r1_fast, CPU, m) { m.impl("sink_attention", &srf::sink_attention::sink_attention_cpu); }

@@ -1,7 +1,7 @@
-// sink_attention device code, shared by the nvcc build (sink_attention_kernel.cu launches it)
-// and the run-time NVRTC build (stream_r1_fast/nvrtc/sink_attention.py launches it). Torch-free
-// and free of host code, so NVRTC compiles it as it is; the launchers size their grids and
-// shared memory from the constants and the WmmaCfg / SimtCfg structs below.
+// sink_attention device code, shared by the nvcc build (sink_attention_launch.cu) and the
+// run-time NVRTC build (stream_r1_fast/nvrtc). Torch-free and free of host code, so NVRTC
+// compiles it as it is; both launchers run plan() of sink_attention.h, which sizes grids and
+// shared memory from its WmmaCfg / SimtCfg. Every kernel takes the op's Params by value.
 //
 // Flash-attention-style tiles with an online softmax, RoPE applied as Q and each K tile are
 // staged in shared memory, from a (cos, sin) table built on the device from cache_pos / q_pos
@@ -21,25 +21,19 @@
 #pragma once
 #include <mma.h>
 
-#include "common/cuda_utils.h"
-#include "common/int_types.h"
-#include "sink_attention/sink_attention.h"
+#include "sink_attention/sink_attention_staging.cuh"
 
-namespace srf::attn {
-
-constexpr int kThreads = 128;     // both attention kernels
-constexpr int kBlockK = 64;       // keys per tile (both kernels)
-constexpr int kRopeThreads = 256;  // rope_table_kernel, one table entry per thread
-#if defined(__CUDACC_RTC__)  // NVRTC has no __builtin_huge_valf
-constexpr float kNegInf = __builtin_bit_cast(float, 0xff800000u);
-#else
-constexpr float kNegInf = -__builtin_huge_valf();
-#endif
+namespace srf::sink_attention {
 
 // ---- RoPE table ----------------------------------------------------------------------------
 
-__global__ void rope_table_kernel(float2* table, RopeTableLayout l, const int32_t* cache_pos,
-                                  const int32_t* q_pos, int slots, double theta) {
+__global__ void rope_table_kernel(const Params p) {
+  float2* table = reinterpret_cast<float2*>(p.rope_table);
+  const RopeTableLayout& l = p.rope;
+  const int32_t* cache_pos = p.cache_pos;
+  const int32_t* q_pos = p.q_pos;
+  const int slots = p.slots;
+  const double theta = p.rope_theta;
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= l.entries) return;
   int64_t pos;
@@ -65,188 +59,13 @@ __global__ void rope_table_kernel(float2* table, RopeTableLayout l, const int32_
   table[e] = make_float2(static_cast<float>(c), static_cast<float>(s));
 }
 
-// ---- Token addressing and staging ----------------------------------------------------------
-
-struct Token {
-  const void* k_src;  // head vector of this token in k / k_cache (nullptr: masked key)
-  const void* v_src;
-  int frame, row, col;  // frame = row of the t table
-};
-
-struct Geometry {
-  int P, S, Lq, Lk, grid_w;
-  int64_t HD;
-
-  __device__ explicit Geometry(const SinkAttentionParams& p, int head_dim) {
-    P = p.grid_h * p.grid_w;
-    S = p.slots;
-    Lq = p.q_len;
-    Lk = S * P + Lq;
-    grid_w = p.grid_w;
-    HD = static_cast<int64_t>(p.heads) * head_dim;
-  }
-};
-
-template <typename T, int D>
-__device__ __forceinline__ Token key_token(const SinkAttentionParams& p, const Geometry& g, int n,
-                                           int b, int h) {
-  Token tk{nullptr, nullptr, 0, 0, 0};
-  int t;
-  int64_t off;
-  if (n < g.S * g.P) {
-    const int slot = n / g.P;
-    if (p.cache_pos[slot] < 0) return tk;
-    t = n - slot * g.P;
-    off = ((static_cast<int64_t>(b) * g.S + slot) * g.P + t) * g.HD + static_cast<int64_t>(h) * D;
-    tk.k_src = static_cast<const T*>(p.k_cache) + off;
-    tk.v_src = static_cast<const T*>(p.v_cache) + off;
-    tk.frame = slot;
-  } else if (n < g.Lk) {
-    const int i = n - g.S * g.P, f = i / g.P;
-    t = i - f * g.P;
-    off = (static_cast<int64_t>(b) * g.Lq + i) * g.HD + static_cast<int64_t>(h) * D;
-    tk.k_src = static_cast<const T*>(p.k) + off;
-    tk.v_src = static_cast<const T*>(p.v) + off;
-    tk.frame = g.S + f;
-  } else {
-    return tk;
-  }
-  tk.row = t / g.grid_w;
-  tk.col = t - tk.row * g.grid_w;
-  return tk;
-}
-
-// Whether the key tile starting at n0 holds any unmasked key (uniform across the block).
-__device__ __forceinline__ bool tile_has_keys(const SinkAttentionParams& p, const Geometry& g,
-                                              int n0) {
-  const int cached = g.S * g.P;
-  if (n0 + kBlockK > cached) return true;  // reaches the chunk, whose keys are all valid
-  const int last = (n0 + kBlockK - 1) / g.P;
-  for (int slot = n0 / g.P; slot <= last; ++slot)
-    if (p.cache_pos[slot] >= 0) return true;
-  return false;
-}
-
-__device__ __forceinline__ float2 rope_cs(const float2* __restrict__ table,
-                                          const RopeTableLayout& l, int pair, int frame, int row,
-                                          int col) {
-  if (pair < l.t_pairs) return __ldg(table + frame * l.t_pairs + pair);
-  pair -= l.t_pairs;
-  if (pair < l.h_pairs) return __ldg(table + l.h_offset + row * l.h_pairs + pair);
-  return __ldg(table + l.w_offset + col * l.w_pairs + (pair - l.h_pairs));
-}
-
-// 16 bytes of one head vector: elements [c * kVec, (c + 1) * kVec).
-template <typename T>
-struct Vec {
-  static constexpr int kN = 16 / sizeof(T);
-  union {
-    uint4 raw;
-    T x[kN];
-  };
-};
-
-// Copies vector c of a head vector into shared memory, rotated when `table` is given.
-template <typename T>
-__device__ __forceinline__ void stage_vec(const T* src, T* dst, int c, const float2* table,
-                                          const RopeTableLayout& l, int frame, int row, int col) {
-  constexpr int N = Vec<T>::kN;
-  Vec<T> in, out;
-  in.raw = __ldg(reinterpret_cast<const uint4*>(src + c * N));
-  if (table == nullptr) {
-    *reinterpret_cast<uint4*>(dst) = in.raw;
-    return;
-  }
-#pragma unroll
-  for (int u = 0; u < N / 2; ++u) {
-    const float2 cs = rope_cs(table, l, c * (N / 2) + u, frame, row, col);
-    const float x0 = to_float(in.x[2 * u]), x1 = to_float(in.x[2 * u + 1]);
-    out.x[2 * u] = from_float<T>(x0 * cs.x - x1 * cs.y);
-    out.x[2 * u + 1] = from_float<T>(x0 * cs.y + x1 * cs.x);
-  }
-  *reinterpret_cast<uint4*>(dst) = out.raw;
-}
-
-template <typename T>
-__device__ __forceinline__ void zero_vec(T* dst) {
-  *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-}
-
-// Stages the rotated queries [q0, q0 + rows) into Qs (row stride ld); rows past Lq are zeros.
-template <typename T, int D>
-__device__ void stage_queries(const SinkAttentionParams& p, const Geometry& g,
-                              const float2* table, const RopeTableLayout& l, T* Qs, int ld,
-                              int rows, int q0, int b, int h) {
-  constexpr int N = Vec<T>::kN, VPR = D / N;
-  const T* q = static_cast<const T*>(p.q);
-  for (int e = threadIdx.x; e < rows * VPR; e += kThreads) {
-    const int r = e / VPR, c = e - r * VPR, i = q0 + r;
-    T* dst = Qs + r * ld + c * N;
-    if (i < g.Lq) {
-      const int f = i / g.P, t = i - f * g.P, row = t / g.grid_w;
-      stage_vec(q + (static_cast<int64_t>(b) * g.Lq + i) * g.HD + static_cast<int64_t>(h) * D, dst,
-                c, table, l, g.S + f, row, t - row * g.grid_w);
-    } else {
-      zero_vec(dst);
-    }
-  }
-}
-
-// Stages the key tile [n0, n0 + kBlockK): rotated keys into Ks, values into Vs (row stride ld),
-// masked keys as zeros (so that garbage in empty slots cannot reach the output as 0 * NaN), and
-// kmask[j] = whether key n0 + j takes part.
-template <typename T, int D>
-__device__ void stage_keys(const SinkAttentionParams& p, const Geometry& g, const float2* table,
-                           const RopeTableLayout& l, T* Ks, T* Vs, int* kmask, int ld, int n0,
-                           int b, int h) {
-  constexpr int N = Vec<T>::kN, VPR = D / N;
-  for (int e = threadIdx.x; e < kBlockK * VPR; e += kThreads) {
-    const int j = e / VPR, c = e - j * VPR;
-    const Token tk = key_token<T, D>(p, g, n0 + j, b, h);
-    T* kd = Ks + j * ld + c * N;
-    T* vd = Vs + j * ld + c * N;
-    if (tk.k_src != nullptr) {
-      stage_vec(static_cast<const T*>(tk.k_src), kd, c, table, l, tk.frame, tk.row, tk.col);
-      stage_vec<T>(static_cast<const T*>(tk.v_src), vd, c, nullptr, l, 0, 0, 0);
-    } else {
-      zero_vec(kd);
-      zero_vec(vd);
-    }
-    if (c == 0) kmask[j] = tk.k_src != nullptr;
-  }
-}
-
 // ---- bf16 / fp16: WMMA kernel --------------------------------------------------------------
 
 template <typename T, int D>
-struct WmmaCfg {
-  static constexpr int BQ = 64, BK = kBlockK;
-  static constexpr int LDH = D + 8;   // Q, K, V rows (elements); +8 staggers the banks
-  static constexpr int LDS = BK + 4;  // scores (floats)
-  static constexpr int LDP = BK + 8;  // probabilities (elements)
-  static constexpr int LDO = D + 4;   // output accumulator (floats)
-  static constexpr size_t q_bytes = size_t(BQ) * LDH * sizeof(T);
-  static constexpr size_t s_bytes = size_t(BQ) * LDS * sizeof(float);
-  // Q is only read once, into registers: the scores reuse its space.
-  static constexpr size_t qs_bytes = q_bytes > s_bytes ? q_bytes : s_bytes;
-  static constexpr size_t kv_bytes = size_t(BK) * LDH * sizeof(T);
-  static constexpr size_t p_bytes = size_t(BQ) * LDP * sizeof(T);
-  static constexpr size_t o_bytes = size_t(BQ) * LDO * sizeof(float);
-  static constexpr size_t k_off = qs_bytes, v_off = k_off + kv_bytes, p_off = v_off + kv_bytes,
-                          o_off = p_off + p_bytes, mask_off = o_off + o_bytes;
-  static constexpr size_t smem = mask_off + BK * sizeof(int);
-  // WMMA pointers must be 32-byte aligned: every region starts on a 128-byte boundary.
-  static_assert(q_bytes % 128 == 0 && s_bytes % 128 == 0 && kv_bytes % 128 == 0 &&
-                    p_bytes % 128 == 0 && o_bytes % 128 == 0,
-                "shared-memory regions must stay 128-byte aligned");
-  static_assert(BQ == 16 * (kThreads / 32), "one 16-row slab of queries per warp");
-};
-
-template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
-    sink_attention_wmma_kernel(const SinkAttentionParams p, const RopeTableLayout l) {
+    wmma_kernel(const Params p) {
   namespace wmma = nvcuda::wmma;
-  using C = WmmaCfg<T, D>;
+  using C = WmmaCfg<sizeof(T), D>;
   constexpr int BQ = C::BQ, BK = C::BK, LDH = C::LDH, LDS = C::LDS, LDP = C::LDP, LDO = C::LDO;
   extern __shared__ __align__(128) unsigned char smem[];
   T* Qs = reinterpret_cast<T*>(smem);
@@ -262,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
 
-  stage_queries<T, D>(p, g, table, l, Qs, LDH, BQ, q0, b, h);
+  stage_queries<T, D>(p, g, table, p.rope, Qs, LDH, BQ, q0, b, h);
   for (int e = threadIdx.x; e < BQ * LDO; e += kThreads) Os[e] = 0.f;
   __syncthreads();
 
@@ -283,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
     const int n0 = tile * BK;
     if (!tile_has_keys(p, g, n0)) continue;
     __syncthreads();  // previous tile's K / V / P consumers are done (and qf is loaded)
-    stage_keys<T, D>(p, g, table, l, Ks, Vs, kmask, LDH, n0, b, h);
+    stage_keys<T, D>(p, g, table, p.rope, Ks, Vs, kmask, LDH, n0, b, h);
     __syncthreads();
 
     // Scores of the warp's 16 queries against the 64 keys.
@@ -371,18 +190,8 @@ __global__ void __launch_bounds__(kThreads)
 // ---- float32: SIMT kernel ------------------------------------------------------------------
 
 template <int D>
-struct SimtCfg {
-  static constexpr int BQ = kThreads / 4, BK = kBlockK;
-  static constexpr int LDF = D + 4;   // Q, K, V rows: float4-aligned, banks staggered
-  static constexpr int LDP = BK + 4;  // probabilities
-  static constexpr size_t q_off = 0, k_off = size_t(BQ) * LDF * 4, v_off = k_off + size_t(BK) * LDF * 4,
-                          p_off = v_off + size_t(BK) * LDF * 4, mask_off = p_off + size_t(BQ) * LDP * 4;
-  static constexpr size_t smem = mask_off + BK * sizeof(int);
-};
-
-template <int D>
 __global__ void __launch_bounds__(kThreads)
-    sink_attention_simt_kernel(const SinkAttentionParams p, const RopeTableLayout l) {
+    simt_kernel(const Params p) {
   using C = SimtCfg<D>;
   constexpr int BQ = C::BQ, BK = C::BK, LDF = C::LDF, LDP = C::LDP;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -399,7 +208,7 @@ __global__ void __launch_bounds__(kThreads)
   // columns 4 * (c4 + 4i) .. + 3.
   const int r = threadIdx.x >> 2, c4 = threadIdx.x & 3;
 
-  stage_queries<float, D>(p, g, table, l, Qs, LDF, BQ, q0, b, h);
+  stage_queries<float, D>(p, g, table, p.rope, Qs, LDF, BQ, q0, b, h);
 
   float4 o[D / 16];
 #pragma unroll
@@ -413,7 +222,7 @@ __global__ void __launch_bounds__(kThreads)
     const int n0 = tile * BK;
     if (!tile_has_keys(p, g, n0)) continue;
     __syncthreads();  // previous tile consumed (and, on the first tile, Q staged)
-    stage_keys<float, D>(p, g, table, l, Ks, Vs, kmask, LDF, n0, b, h);
+    stage_keys<float, D>(p, g, table, p.rope, Ks, Vs, kmask, LDF, n0, b, h);
     __syncthreads();
 
     float s[BK / 4];
@@ -490,4 +299,4 @@ __global__ void __launch_bounds__(kThreads)
   if (c4 == 0) p.lse[(static_cast<int64_t>(b) * p.heads + h) * g.Lq + i] = m_run + logf(l_run);
 }
 
-}  // namespace srf::attn
+}  // namespace srf::sink_attention

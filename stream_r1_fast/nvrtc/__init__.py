@@ -6,7 +6,9 @@ the same kernel headers the nvcc build compiles (``csrc/<op>/<op>_kernels.cuh``,
 ``stream_r1_fast/_kernels``) are compiled on first use for the device's architecture, cached
 on disk (``$STREAM_R1_FAST_NVRTC_CACHE``, default ``~/.cache/stream_r1_fast/nvrtc``), and
 registered as the CUDA kernels of the same ``torch.library`` ops: callers cannot tell which
-path runs. ``stream_r1_fast.backend_info()`` says which one does, and why.
+path runs. ``stream_r1_fast.backend_info()`` says which one does, and why. The launches are
+planned by the compiled extension (the same planner as the nvcc launchers); ``_launch`` only
+runs them. ``_backend`` decides and calls :func:`register`; nothing here imports it back.
 
 Importing this package is cheap: CuPy is imported when a kernel first runs.
 """
@@ -17,11 +19,13 @@ import importlib.util
 
 import torch
 
-# Ops with an NVRTC launcher (stream_r1_fast/nvrtc/<op>.py).
-KERNEL_OPS = ("ema_cache_update", "saliency_weights", "sink_attention")
+from stream_r1_fast import _op_table
+
+# Ops whose kernels NVRTC can build (the op table's "nvrtc" backend).
+KERNEL_OPS = tuple(op.name for op in _op_table.OPS if "nvrtc" in op.backends)
 # CUDA headers an op's kernels include beyond the runtime's cuda_fp16.h / cuda_bf16.h (which
-# torch's pip dependencies ship): sink_attention's <mma.h> needs crt/mma.h.
-CUDA_HEADERS = {"sink_attention": ("crt/mma.h",)}
+# torch's pip dependencies ship), from the op table: sink_attention's <mma.h> needs crt/mma.h.
+CUDA_HEADERS = {op.name: op.cuda_headers for op in _op_table.OPS if op.cuda_headers}
 
 
 def unavailable_reason() -> str | None:
@@ -30,9 +34,7 @@ def unavailable_reason() -> str | None:
         return "no CUDA device"
     if importlib.util.find_spec("cupy") is None:
         return "CuPy is not installed (pip install 'stream_r1_fast[cupy]')"
-    from stream_r1_fast.nvrtc._compile import source_dir
-
-    if source_dir() is None:
+    if _op_table.source_dir() is None:
         return "the kernel sources (stream_r1_fast/_kernels) are not installed"
     return None
 
@@ -54,11 +56,7 @@ def register(ops: tuple[str, ...]) -> None:
     """Registers the NVRTC launchers of ``ops`` as their CUDA kernels (replacing compiled ones)."""
     if not ops:
         return
-    from stream_r1_fast.nvrtc.ema_cache import ema_cache_update_cuda
-    from stream_r1_fast.nvrtc.saliency import saliency_weights_cuda
-    from stream_r1_fast.nvrtc.sink_attention import sink_attention_cuda
+    from stream_r1_fast.nvrtc._launch import launcher
 
-    impls = {"ema_cache_update": ema_cache_update_cuda, "saliency_weights": saliency_weights_cuda,
-             "sink_attention": sink_attention_cuda}
     for op in ops:
-        torch.library.impl(f"stream_r1_fast::{op}", "CUDA", impls[op])
+        torch.library.impl(f"stream_r1_fast::{op}", "CUDA", launcher(op))

@@ -2,9 +2,9 @@
 disk, loading them per device and launching them on torch's current stream.
 
 One NVRTC translation unit per op: ``#include "<op>/<op>_kernels.cuh"``, the name expressions
-of the template instantiations the launch code may pick, and ``static_assert``s that the
-params struct has the layout of the NumPy dtype that passes it by value. CuPy is imported on
-first use only.
+of its kernels and a ``static_assert`` that its params struct has the size of the bytes the
+compiled extension's planner passes (both come from the extension: the ``<op>_kernels`` op).
+CuPy is imported on first use only.
 """
 
 from __future__ import annotations
@@ -20,17 +20,15 @@ import struct
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from stream_r1_fast._op_table import source_dir
 
 CACHE_ENV = "STREAM_R1_FAST_NVRTC_CACHE"
 # Bumped when what a cache entry holds changes (2: cubins no longer lack their last byte).
 _CACHE_FORMAT = 2
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent
-_MARKER = Path("common") / "cuda_utils.h"
 
 # The nvcc build's options (CMakeLists.txt: -O3 -lineinfo; NVRTC optimises by default and has
 # no --expt-relaxed-constexpr, which the kernels do not need). nvcc and
@@ -40,16 +38,6 @@ BASE_OPTIONS = ("-std=c++17", "-lineinfo")
 # Where the CUDA headers come from when they are missing.
 MISSING_HEADERS_HINT = "pip install nvidia-cuda-runtime nvidia-cuda-crt, or set CUDA_HOME to a CUDA toolkit"
 
-CTYPES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
-
-
-def source_dir() -> Path | None:
-    """Root of the kernel headers: the wheel's ``stream_r1_fast/_kernels`` (CMake installs
-    csrc's headers there), else ``csrc/`` of a source checkout (editable installs)."""
-    for root in (_PACKAGE_DIR / "_kernels", _PACKAGE_DIR.parent / "csrc"):
-        if (root / _MARKER).is_file():
-            return root
-    return None
 
 
 # The CUDA headers every kernel unit includes (common/cuda_utils.h); NVRTC has none built in.
@@ -100,14 +88,6 @@ def cache_dir() -> Path:
     return Path(base) / "stream_r1_fast" / "nvrtc"
 
 
-def header_constants(header: str, root: Path | None = None) -> dict[str, int]:
-    """The ``constexpr int kName = <literal>;`` of a kernel header, so that the Python launch
-    code uses the block sizes the kernels were written for (one source of truth)."""
-    root = root or source_dir()
-    text = (root / header).read_text()
-    return {m[1]: int(m[2]) for m in re.finditer(r"constexpr int (k\w+) = (\d+);", text)}
-
-
 def dependencies(source: str, root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` that ``source`` includes with quotes, recursively."""
     found: dict[str, str] = {}
@@ -146,48 +126,24 @@ def nvrtc_target(arch: int, supported: tuple[int, ...]) -> tuple[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Struct:
-    """A kernel parameter struct passed by value: its C++ name and NumPy twin (align=True)."""
-
-    cxx_name: str
-    dtype: np.dtype
-
-    def layout_asserts(self) -> str:
-        """Size checks NVRTC can evaluate (it has no offsetof; tests/test_nvrtc.py compares
-        the offsets with the host compiler's, which CUDA guarantees the device shares)."""
-        what = "differs from stream_r1_fast.nvrtc's NumPy dtype"
-        lines = [f'static_assert(sizeof({self.cxx_name}) == {self.dtype.itemsize}, '
-                 f'"sizeof({self.cxx_name}) {what}");']
-        for field, (ftype, _) in self.dtype.fields.items():
-            lines.append(f'static_assert(sizeof({self.cxx_name}::{field}) == {ftype.itemsize}, '
-                         f'"{self.cxx_name}::{field} {what}");')
-        return "\n".join(lines) + "\n"
-
-    def pack(self, **values) -> np.ndarray:
-        """A one-element array: CuPy passes it to the kernel by value, as raw bytes."""
-        out = np.zeros(1, dtype=self.dtype)
-        for name, value in values.items():
-            out[name] = value
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
 class KernelSpec:
     """One op's NVRTC translation unit."""
 
-    op: str
+    op: str                           # the op's folder, e.g. "ema_cache"
     header: str                       # e.g. "ema_cache/ema_cache_kernels.cuh"
-    names: tuple[str, ...]            # name expressions: every kernel the launcher may pick
-    structs: tuple[Struct, ...] = ()
+    names: tuple[str, ...]            # name expressions: every kernel a plan may pick
+    params_type: str                  # e.g. "srf::ema_cache::Params"
+    params_bytes: int                 # sizeof(Params) in the compiled extension
     cuda_headers: tuple[str, ...] = ()  # CUDA headers needed beyond BASE_HEADERS
-    # static_asserts that the launch code's numbers (shared memory sizes, ...) are the
-    # kernels', built when the unit is (they may read the header's constants).
-    checks: Callable[[], str] | None = None
 
     def source(self) -> str:
-        body = f'#include "{self.header}"\n'
-        body += "".join(s.layout_asserts() for s in self.structs)
-        return body + (self.checks() if self.checks else "")
+        """The unit: the kernels, and the check that the params bytes the extension's planner
+        passes have the size of the struct the kernels take (both compile the same header;
+        this catches kernel sources and extension of different builds)."""
+        t, n = self.params_type, self.params_bytes
+        return (f'#include "{self.header}"\n'
+                f'static_assert(sizeof({t}) == {n} && alignof({t}) == 8, '
+                f'"{t} differs from the compiled extension\'s ({n} bytes, 8-aligned)");\n')
 
 
 def _versions() -> dict[str, str]:
@@ -341,12 +297,3 @@ def torch_stream(device: torch.device):
             cp_stream = cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
     with cupy.cuda.Device(device.index), cp_stream:
         yield
-
-
-def as_runtime_error(check, *args) -> None:
-    """Run one of the ops' Python-side checks; a direct ``torch.ops`` call reports a failed
-    check as RuntimeError with the same message, as the compiled kernels do."""
-    try:
-        check(*args)
-    except (ValueError, TypeError) as exc:
-        raise RuntimeError(str(exc)) from exc

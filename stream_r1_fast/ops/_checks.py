@@ -1,7 +1,7 @@
 """Argument checks shared by the ops' user-facing validation (one ``check_inputs`` per op, run
-by the public wrapper, by the fake kernel and by the NVRTC launcher). Every message names the
-argument. The C++ entry points keep the memory-safety checks (csrc/common/checks.h) that also
-protect direct ``torch.ops`` calls.
+by the public wrapper and by the fake kernel). Every message names the argument. The C++
+entry points (which the NVRTC launcher reaches through the ops' planners) keep the
+memory-safety checks (csrc/common/checks.h) that also protect direct ``torch.ops`` calls.
 """
 
 from __future__ import annotations

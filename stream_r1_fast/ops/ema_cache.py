@@ -63,9 +63,10 @@ def new_sink_cache(
 
 
 def check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha) -> None:
-    """The user-facing checks of ``ema_cache_update``, run by the wrapper, the fake kernel and
-    the NVRTC launcher (csrc/ema_cache/ema_cache_checks.h keeps direct calls memory safe).
-    TypeError / ValueError naming the argument."""
+    """The user-facing checks of ``ema_cache_update``, run by the wrapper and the fake kernel
+    (direct torch.ops calls, through the compiled or the NVRTC kernels, are kept memory safe
+    by make_params of csrc/ema_cache/ema_cache_torch.h). TypeError / ValueError naming the
+    argument."""
     check_tensors(k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state,
                   k_new=k_new, v_new=v_new)
     check_int("sink_size", sink_size)
@@ -117,7 +118,7 @@ def check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, al
             f"k_new must hold between 1 and W = S - sink_size = {ring} frames, got {fn} "
             f"({k_new.shape[1]} tokens of {p})"
         )
-    # The sizes the kernels compute with (csrc/ema_cache/ema_cache_checks.h): an empty
+    # The sizes the kernels compute with (csrc/ema_cache/ema_cache_torch.h): an empty
     # dimension lets the others multiply past int64.
     checked_size("k_cache.shape[1] (S, cache slots)", s, INT32_MAX)
     checked_size("2 * k_cache.numel()", 2 * b * s * p * h * d)
@@ -137,9 +138,6 @@ def check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, al
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
     check_no_overlap(dict(k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state),
                      dict(k_new=k_new, v_new=v_new))
-
-
-_check_inputs = check_inputs  # the name the NVRTC launcher used
 
 
 def ema_cache_update(

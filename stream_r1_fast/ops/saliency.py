@@ -98,8 +98,9 @@ def _describe(x: object) -> str:
 
 def check_inputs(saliency, axis_weights, mode, temporal_factor, spatial_factor,
                  tau_floor, sigma_floor, gamma_t, gamma_s, *, op: bool = False) -> None:
-    """The user-facing checks of ``saliency_weights``, run by the wrapper, the fake kernel and
-    the NVRTC launcher (csrc/saliency/saliency_torch.h keeps direct calls memory safe).
+    """The user-facing checks of ``saliency_weights``, run by the wrapper and the fake kernel
+    (direct torch.ops calls, through the compiled or the NVRTC kernels, are kept memory safe
+    by prepare of csrc/saliency/saliency_torch.h).
     ``axis_weights`` may be None (the wrapper's default); ``op``: the arguments of the op
     itself, whose kernels take no float64. TypeError / ValueError naming the argument."""
     if not isinstance(saliency, torch.Tensor):

@@ -27,9 +27,10 @@ _BWD_TILE_ELEMENTS = 1 << 25
 
 
 def check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta) -> None:
-    """The user-facing checks of ``sink_attention``, run by the wrapper, the fake kernel and
-    the NVRTC launcher, with the messages of csrc/sink_attention/sink_attention_checks.h
-    (which keeps direct calls memory safe). TypeError / ValueError naming the argument."""
+    """The user-facing checks of ``sink_attention``, run by the wrapper and the fake kernel
+    (direct torch.ops calls, through the compiled or the NVRTC kernels, are kept memory safe
+    by make_params of csrc/sink_attention/sink_attention_torch.h). TypeError / ValueError
+    naming the argument."""
     check_tensors(q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, q_pos=q_pos)
     check_int("grid_h", grid_h)
     check_int("grid_w", grid_w)
@@ -61,7 +62,7 @@ def check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, sc
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape:
             raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
-    # Sizes the kernels index with 32-bit ints (sink_attention_checks.h), checked before use.
+    # Sizes the kernels index with 32-bit ints (sink_attention_torch.h), checked before use.
     checked_size("sink_attention: grid_h", grid_h, INT32_MAX)
     checked_size("sink_attention: grid_w", grid_w, INT32_MAX)
     p = checked_size("sink_attention: grid_h * grid_w (tokens per frame)", grid_h * grid_w, INT32_MAX)
@@ -89,9 +90,6 @@ def check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, sc
     checked_size("sink_attention: k_cache.shape[1] * shape[2] + q.shape[1] (keys)", s * p + lq, INT32_MAX)
     checked_size("sink_attention: q.shape[0] (batch)", b, 65535)
     checked_size("sink_attention: q.shape[2] (heads)", h, 65535)
-
-
-_check_inputs = check_inputs  # the older name
 
 
 def sink_attention(

@@ -1,19 +1,21 @@
-// Input validation of ema_cache_update, shared by the CPU and CUDA entry points: what keeps a
-// direct torch.ops call memory safe (the user-facing checks are check_inputs of
-// stream_r1_fast/ops/ema_cache.py, run by the wrapper and the fake kernel).
+// ema_cache_update's torch glue, shared by the CPU kernel, the CUDA entry point and the
+// ema_cache_update_plan op: tensors -> Params with the checks that keep a direct torch.ops call
+// memory safe (the user-facing checks are check_inputs of stream_r1_fast/ops/ema_cache.py),
+// and prepare(): params and the launch plan.
 #pragma once
 #include <ATen/ATen.h>
 
 #include "common/checks.h"
 #include "common/dtype.h"
+#include "common/plan_op.h"
 #include "ema_cache/ema_cache.h"
 
-namespace srf {
+namespace srf::ema_cache {
 
-inline EmaCacheParams check_ema_cache_inputs(const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                             const at::Tensor& cache_pos, const at::Tensor& state,
-                                             const at::Tensor& k_new, const at::Tensor& v_new,
-                                             int64_t sink_size, double alpha) {
+inline Params make_params(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& cache_pos, const at::Tensor& state,
+                          const at::Tensor& k_new, const at::Tensor& v_new, int64_t sink_size,
+                          double alpha) {
   check_rank(k_cache, "k_cache", 5, "[B, S, P, H, D]");
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache (",
               k_cache.sizes(), "), got ", v_cache.sizes());
@@ -61,7 +63,7 @@ inline EmaCacheParams check_ema_cache_inputs(const at::Tensor& k_cache, const at
   check_contiguous(k_new, "k_new");
   check_contiguous(v_new, "v_new");
 
-  EmaCacheParams params{};
+  Params params{};
   params.k_cache = k_cache.data_ptr();
   params.v_cache = v_cache.data_ptr();
   params.cache_pos = cache_pos.data_ptr<int>();
@@ -79,4 +81,19 @@ inline EmaCacheParams check_ema_cache_inputs(const at::Tensor& k_cache, const at
   return params;
 }
 
-}  // namespace srf
+inline void check_cuda(const at::Tensor& k_cache) {
+  TORCH_CHECK(k_cache.is_cuda(), "k_cache must be a CUDA tensor for the CUDA kernel");
+}
+
+// Everything a CUDA launch needs: params (in place: no outputs, no buffers) and the plan.
+inline Prepared<Params> prepare(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& cache_pos, const at::Tensor& state,
+                                const at::Tensor& k_new, const at::Tensor& v_new,
+                                int64_t sink_size, double alpha) {
+  Prepared<Params> prep;
+  prep.params = make_params(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, alpha);
+  prep.plan = plan(prep.params);
+  return prep;
+}
+
+}  // namespace srf::ema_cache

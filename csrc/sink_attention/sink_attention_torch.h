@@ -1,26 +1,27 @@
-// Input validation and params construction shared by the CPU and CUDA entry points: what keeps
-// a direct torch.ops call memory safe (the user-facing checks are check_inputs of
-// stream_r1_fast/ops/sink_attention.py, run by the wrapper and the fake kernel).
+// sink_attention's torch glue, shared by the CPU kernel, the CUDA entry point and the
+// sink_attention_plan op: tensors -> Params with the checks that keep a direct torch.ops call
+// memory safe (the user-facing checks are check_inputs of stream_r1_fast/ops/sink_attention.py),
+// and prepare(): outputs, workspace and the launch plan.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <limits>
+#include <cstdint>
 
 #include "common/checks.h"
 #include "common/dtype.h"
+#include "common/plan_op.h"
 #include "sink_attention/sink_attention.h"
 
-namespace srf {
+namespace srf::sink_attention {
 
-// Validates the op's arguments (messages name the argument and the expectation) and returns
-// the params with every pointer but out, lse and rope_table set.
-inline SinkAttentionParams sink_attention_params(const at::Tensor& q, const at::Tensor& k,
-                                                 const at::Tensor& v, const at::Tensor& k_cache,
-                                                 const at::Tensor& v_cache,
-                                                 const at::Tensor& cache_pos,
-                                                 const at::Tensor& q_pos, int64_t grid_h,
-                                                 int64_t grid_w, double scale, double rope_theta) {
+// Checks the op's arguments and returns the params with every pointer but out, lse and
+// rope_table set (and the RoPE table's layout).
+inline Params make_params(const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& v, const at::Tensor& k_cache,
+                          const at::Tensor& v_cache, const at::Tensor& cache_pos,
+                          const at::Tensor& q_pos, int64_t grid_h, int64_t grid_w, double scale,
+                          double rope_theta) {
   TORCH_CHECK(grid_h > 0 && grid_w > 0, "sink_attention: grid_h and grid_w must be positive, got ",
               grid_h, " and ", grid_w);
   TORCH_CHECK(std::isfinite(scale), "sink_attention: scale must be finite, got ", scale);
@@ -82,7 +83,7 @@ inline SinkAttentionParams sink_attention_params(const at::Tensor& q, const at::
   checked_mul(checked_mul(checked_mul(b, lq, "q.shape[0] * shape[1]"), h, "q.shape[0] * shape[1] * shape[2]"),
               d, "q.numel()");
 
-  SinkAttentionParams prm{};
+  Params prm{};
   prm.q = q.data_ptr();
   prm.k = k.data_ptr();
   prm.v = v.data_ptr();
@@ -100,7 +101,49 @@ inline SinkAttentionParams sink_attention_params(const at::Tensor& q, const at::
   prm.scale = static_cast<float>(scale);
   prm.rope_theta = rope_theta;
   prm.dtype = dtype_code(q.scalar_type());
+  prm.rope = rope_table_layout(prm);
   return prm;
 }
 
-}  // namespace srf
+// The kernels read 16-byte vectors; a tensor that is a view at an odd offset is copied once.
+inline at::Tensor aligned16(const at::Tensor& t) {
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
+// Reached with a CPU q only when some other argument is on CUDA: names that mismatch.
+inline void check_cuda(const at::Tensor& q) {
+  TORCH_CHECK(q.is_cuda(), "sink_attention: all tensors must be on the device of q (", q.device(),
+              "); got CUDA tensors among them");
+}
+
+// Everything a CUDA launch needs: outputs (out, lse), the 16-byte aligned inputs and the
+// RoPE table's workspace (buffers), params pointing at them, the plan.
+inline Prepared<Params> prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& cache_pos, const at::Tensor& q_pos,
+                                int64_t grid_h, int64_t grid_w, double scale, double rope_theta) {
+  Prepared<Params> prep;
+  Params& p = prep.params;
+  p = make_params(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, scale, rope_theta);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  prep.outputs = {out, lse};
+  prep.plan = plan(p);
+  if (out.numel() == 0) {  // nothing to launch (plan() has no launches either)
+    prep.plan.count = 0;
+    return prep;
+  }
+  prep.buffers = {aligned16(q), aligned16(k), aligned16(v), aligned16(k_cache), aligned16(v_cache),
+                  workspace_for(prep.plan, q)};
+  p.q = prep.buffers[0].data_ptr();
+  p.k = prep.buffers[1].data_ptr();
+  p.v = prep.buffers[2].data_ptr();
+  p.k_cache = prep.buffers[3].data_ptr();
+  p.v_cache = prep.buffers[4].data_ptr();
+  p.rope_table = static_cast<float*>(prep.buffers[5].data_ptr());
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  return prep;
+}
+
+}  // namespace srf::sink_attention
