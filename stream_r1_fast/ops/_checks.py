@@ -12,6 +12,7 @@ import torch
 
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the kernels compute in
 
 
 def _type_name(x: object) -> str:
@@ -31,6 +32,30 @@ def check_same_device(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor)
     for name, t in tensors.items():
         if t.device != ref.device:
             raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def check_float_dtypes(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """``ref`` in one of the kernels' FLOAT_DTYPES, every other tensor in its dtype."""
+    if ref.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{ref_name} must be float32, float16 or bfloat16, got {ref.dtype}")
+    for name, t in tensors.items():
+        if t.dtype != ref.dtype:
+            raise ValueError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+
+
+def check_int32_vectors(**vectors: tuple[torch.Tensor, int]) -> None:
+    """Each ``name=(tensor, n)``: an int32 tensor of shape [n]."""
+    for name, (t, n) in vectors.items():
+        if t.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {t.dtype}")
+        if t.dim() != 1 or t.numel() != n:
+            raise ValueError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
+
+
+def check_contiguous(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
 
 
 def check_int(name: str, value: object, lo: int | None = None, hi: int = INT64_MAX) -> int:

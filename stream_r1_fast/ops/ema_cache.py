@@ -13,8 +13,12 @@ import torch
 
 from stream_r1_fast._backend import backend_info, use_kernel
 from stream_r1_fast.ops._checks import (
+    FLOAT_DTYPES,
     INT32_MAX,
+    check_contiguous,
+    check_float_dtypes,
     check_int,
+    check_int32_vectors,
     check_no_overlap,
     check_number,
     check_same_device,
@@ -24,7 +28,6 @@ from stream_r1_fast.ops._checks import (
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
 
 _OP = "ema_cache_update"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def new_sink_cache(
@@ -51,7 +54,7 @@ def new_sink_cache(
         raise ValueError(f"need sink_size >= 0 and window >= 1, got {sink_size} and {window}")
     if tokens_per_frame < 1:
         raise ValueError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
-    if dtype not in _FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     slots = sink_size + window
     shape = (batch, slots, tokens_per_frame, heads, head_dim)
@@ -122,20 +125,10 @@ def check_inputs(k_cache, v_cache, cache_pos, state, k_new, v_new, sink_size, al
     # dimension lets the others multiply past int64.
     checked_size("k_cache.shape[1] (S, cache slots)", s, INT32_MAX)
     checked_size("2 * k_cache.numel()", 2 * b * s * p * h * d)
-    if k_cache.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"k_cache must be float32, float16 or bfloat16, got {k_cache.dtype}")
-    for name, t in (("v_cache", v_cache), ("k_new", k_new), ("v_new", v_new)):
-        if t.dtype != k_cache.dtype:
-            raise ValueError(f"{name} must have the dtype of k_cache ({k_cache.dtype}), got {t.dtype}")
-    for name, t, n in (("cache_pos", cache_pos, s), ("state", state, 4)):
-        if t.dtype != torch.int32:
-            raise ValueError(f"{name} must be int32, got {t.dtype}")
-        if t.dim() != 1 or t.numel() != n:
-            raise ValueError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("cache_pos", cache_pos),
-                    ("state", state), ("k_new", k_new), ("v_new", v_new)):
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    check_float_dtypes("k_cache", k_cache, v_cache=v_cache, k_new=k_new, v_new=v_new)
+    check_int32_vectors(cache_pos=(cache_pos, s), state=(state, 4))
+    check_contiguous(k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state,
+                     k_new=k_new, v_new=v_new)
     check_no_overlap(dict(k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, state=state),
                      dict(k_new=k_new, v_new=v_new))
 

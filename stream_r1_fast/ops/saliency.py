@@ -7,14 +7,14 @@ from __future__ import annotations
 import torch
 
 from stream_r1_fast._backend import backend_info, use_kernel
-from stream_r1_fast.ops._checks import check_int, check_unit_interval
+from stream_r1_fast.ops._checks import FLOAT_DTYPES, check_int, check_unit_interval
 from stream_r1_fast.ops.saliency_ref import latent_grid, saliency_weights_ref
 
 __all__ = ["axis_weights_from_rewards", "saliency_weights"]
 
 _OP = "saliency_weights"
 _MODES = ("vae", "trilinear")
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = FLOAT_DTYPES
 
 
 def axis_weights_from_rewards(rewards: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -14,12 +14,21 @@ import math
 import torch
 
 from stream_r1_fast._backend import backend_info, use_kernel
-from stream_r1_fast.ops._checks import INT32_MAX, check_int, check_number, check_same_device, check_tensors, checked_size
+from stream_r1_fast.ops._checks import (
+    INT32_MAX,
+    check_contiguous,
+    check_float_dtypes,
+    check_int,
+    check_int32_vectors,
+    check_number,
+    check_same_device,
+    check_tensors,
+    checked_size,
+)
 from stream_r1_fast.ops.rope import apply_rope, rope_angles
 from stream_r1_fast.ops.sink_attention_ref import rotated_keys_values, sink_attention_ref
 
 _OP = "sink_attention"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _HEAD_DIMS = (64, 128)
 # The backward materialises float32 [B, H, block, Lk] score tiles; each holds at most this many
 # elements (a few such tiles are alive at once).
@@ -51,11 +60,7 @@ def check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, sc
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dim() != 5:
             raise ValueError(f"{name} must have 5 dimensions [B, S, P, H, D], got shape {tuple(t.shape)}")
-    if q.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"q must be float32, float16 or bfloat16, got {q.dtype}")
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    check_float_dtypes("q", q, k=k, v=v, k_cache=k_cache, v_cache=v_cache)
     b, lq, h, d = q.shape
     if d not in _HEAD_DIMS:
         raise ValueError(f"sink_attention: head_dim (last dim of q) must be 64 or 128, got {d}")
@@ -78,15 +83,8 @@ def check_inputs(q, k, v, k_cache, v_cache, cache_pos, q_pos, grid_h, grid_w, sc
         )
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache must have the shape of k_cache {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
-    for name, t, n in (("cache_pos", cache_pos, s), ("q_pos", q_pos, 1)):
-        if t.dtype != torch.int32:
-            raise ValueError(f"{name} must be int32, got {t.dtype}")
-        if t.dim() != 1 or t.numel() != n:
-            raise ValueError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
-    for name, t in (("q", q), ("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache),
-                    ("cache_pos", cache_pos), ("q_pos", q_pos)):
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    check_int32_vectors(cache_pos=(cache_pos, s), q_pos=(q_pos, 1))
+    check_contiguous(q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, cache_pos=cache_pos, q_pos=q_pos)
     checked_size("sink_attention: k_cache.shape[1] * shape[2] + q.shape[1] (keys)", s * p + lq, INT32_MAX)
     checked_size("sink_attention: q.shape[0] (batch)", b, 65535)
     checked_size("sink_attention: q.shape[2] (heads)", h, 65535)
