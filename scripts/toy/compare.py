@@ -19,16 +19,15 @@ Per seed s (everything below is reproducible from s):
 
 Writes ``<out>/results.json`` (every number per seed), ``<out>/results.md`` (mean +- std over
 seeds), ``<out>/methods.png`` and ``<out>/long_rollouts.png``; ``--report-only`` rewrites the
-last three from an existing results.json.
+last three from an existing results.json. This script trains and evaluates; the statistics,
+results.md and the plots are :mod:`stream_r1_fast.toy.comparison`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -37,25 +36,12 @@ from pathlib import Path
 
 import torch
 
+from stream_r1_fast.toy.comparison.markdown import write_markdown
+from stream_r1_fast.toy.comparison.plots import plot
+from stream_r1_fast.toy.comparison.stats import METHODS, summarise
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "toy"
-# The distillation recipes (configs/toy_<name>.yaml): the three methods, then Stream-R1's two
-# levels alone (its ablation: W_intra = 1, and W_inter = 1).
-METHODS = ("dmd", "re_dmd", "stream_r1", "stream_r1_inter", "stream_r1_intra")
-LABELS = {"teacher": "teacher (24 steps)", "ode": "ODE init", "dmd": "DMD", "re_dmd": "Re-DMD",
-          "stream_r1": "Stream-R1", "stream_r1_inter": "Stream-R1, inter only", "stream_r1_intra": "Stream-R1, intra only"}
-# Paired comparisons (same captions and noise within a seed): generator a - generator b, and for
-# the long rollouts cache a - cache b on the mean of the windows after the first.
-PAIRS = (("dmd", "ode"), ("dmd", "teacher"), ("re_dmd", "dmd"), ("stream_r1", "dmd"), ("stream_r1", "re_dmd"),
-         ("stream_r1_inter", "dmd"), ("stream_r1_intra", "dmd"), ("stream_r1", "stream_r1_inter"),
-         ("stream_r1", "stream_r1_intra"))
-CACHE_PAIRS = (("EMA-Sink", "no sink"), ("EMA-Sink", "static sink"), ("EMA-Sink", "EMA-Sink a=0.99"))
-PAIRED_METRICS = ("count", "color", "shape", "direction", "speed", "smoothness", "dynamic_degree", "background_error",
-                  "reward_VQ", "reward_MQ", "reward_TA")
-# The metrics shown, and whether higher is better.
-METRICS = {"count": True, "color": True, "shape": True, "direction": True, "speed": True, "smoothness": True,
-           "dynamic_degree": True, "frame_copy_rate": False, "background_error": False, "drift": False,
-           "reward_VQ": True, "reward_MQ": True, "reward_TA": True}
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -117,132 +103,6 @@ def evaluate_seed(seed: int, runs: Path, args) -> dict:
     print(f"  seed {seed}: {len(POLICIES)} x {len(long_caps)} long rollouts of {frames} frames in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return result
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _later(run: dict, key: str) -> float:
-    """One seed's long rollout: the mean of ``key`` over every window after the first (all past
-    the first eviction; 7 windows of the captions instead of one window's)."""
-    return statistics.fmean(w[key] for w in run["windows"][1:])
-
-
-def summarise(results: list[dict]) -> dict:
-    names = list(results[0]["generators"])
-    table = {n: {k: _stats([r["generators"][n][k] for r in results]) for k in METRICS} for n in names}
-    fps = {n: _stats([r["fps"][n] for r in results]) for n in names}
-    long = {}
-    for label in results[0]["long"]:
-        windows = len(results[0]["long"][label]["windows"])
-        long[label] = {
-            "starts": results[0]["long"][label]["starts"],
-            "windows": [{k: _stats([r["long"][label]["windows"][w][k] for r in results]) for k in METRICS}
-                        for w in range(windows)],
-            "later": {k: _stats([_later(r["long"][label], k) for r in results]) for k in METRICS},
-            "drift": _stats([r["long"][label]["drift"] for r in results]),
-            "frame_copy_rate": _stats([r["long"][label]["frame_copy_rate"] for r in results]),
-        }
-    paired = {f"{a} - {b}": {k: [r["generators"][a][k] - r["generators"][b][k] for r in results]
-                             for k in PAIRED_METRICS}
-              for a, b in PAIRS if a in names and b in names}
-    paired_long = {f"{a} - {b}": {k: [_later(r["long"][a], k) - _later(r["long"][b], k) for r in results]
-                                  for k in PAIRED_METRICS}
-                   for a, b in CACHE_PAIRS if a in long and b in long}
-    return {"table": table, "fps": fps, "long": long, "paired": paired, "paired_long": paired_long}
-
-
-def _fmt(ms: tuple[float, float], signed: bool = False) -> str:
-    m, s = ms
-    return f"{m:+.2f} ± {s:.2f}" if signed else f"{m:.2f} ± {s:.2f}"
-
-
-def write_markdown(summary: dict, meta: dict, path: Path) -> None:
-    cols = list(METRICS)
-    lines = [f"Seeds {meta['seeds']}; {meta['clips']} evaluation captions per seed; mean ± std over seeds. "
-             f"Generated by `{meta['command']}` ({meta['machine']}, torch {meta['torch']}, {meta['seconds']:.0f} s).", "",
-             "| generator | " + " | ".join(cols) + f" | frames/s (batch of {meta['clips']}) |", "|---" * (len(cols) + 2) + "|"]
-    for name, row in summary["table"].items():
-        cells = [_fmt(row[k], k.startswith("reward")) for k in cols]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {summary['fps'][name][0]:.0f} |")
-    keys = ("count", "color", "shape", "direction", "dynamic_degree", "background_error", "reward_VQ", "reward_MQ",
-            "reward_TA")
-    lines += ["", f"Long rollouts ({meta['long_factor']}x the 33-frame training length, {meta['long_clips']} captions "
-              f"per seed, student: {LABELS[meta['long_student']]}), scored on {meta['windows']} 33-frame windows "
-              "spread along the video: the first window (before any eviction, the same for every cache), the "
-              "last, and the mean of all windows after the first:", "",
-              "| cache | window | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for label, data in summary["long"].items():
-        for which, w in (("first", data["windows"][0]), ("last", data["windows"][-1]), ("after the first", data["later"])):
-            lines.append(f"| {label} | {which} | " + " | ".join(_fmt(w[k], k.startswith("reward")) for k in keys) + " |")
-    lines += ["", "| cache | drift (whole video) | frame-copy rate |", "|---|---|---|"]
-    for label, data in summary["long"].items():
-        lines.append(f"| {label} | {_fmt(data['drift'])} | {_fmt(data['frame_copy_rate'])} |")
-    for title, table in (("generators", summary["paired"]), ("long rollouts, windows after the first", summary["paired_long"])):
-        lines += ["", f"Paired differences, {title}: a - b per seed (seeds {meta['seeds']}; the same captions and "
-                  "noise within a seed). Background error: lower is better.", "",
-                  "| a - b | " + " | ".join(PAIRED_METRICS) + " |", "|---" * (len(PAIRED_METRICS) + 1) + "|"]
-        for pair, diffs in table.items():
-            pretty = " - ".join(LABELS.get(n, n) for n in pair.split(" - "))
-            lines.append(f"| {pretty} | " + " | ".join(" ".join(f"{d:+.2f}" for d in diffs[k]) for k in PAIRED_METRICS)
-                         + " |")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot(summary: dict, meta: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    names = list(summary["table"])
-    keys = list(METRICS)
-    fig, axes = plt.subplots(2, math.ceil(len(keys) / 2), figsize=(3.0 * math.ceil(len(keys) / 2), 6.4))
-    colors = ["#777777", "#bbbbbb", "#4c72b0", "#dd8452", "#55a868", "#8fd19e", "#2f6b3b"]
-    for ax, k in zip(axes.flat, keys):
-        means = [summary["table"][n][k][0] for n in names]
-        stds = [summary["table"][n][k][1] for n in names]
-        ax.bar(range(len(names)), means, yerr=stds, color=colors[: len(names)], capsize=3)
-        ax.set_xticks(range(len(names)), [LABELS[n] for n in names], rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"{k} ({'higher' if METRICS[k] else 'lower'} is better)", fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.suptitle(f"Toy world: teacher vs students (mean ± std over seeds {meta['seeds']})", fontsize=10)
-    fig.tight_layout()
-    paths.append(out / "methods.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    long_keys = ("color", "count", "shape", "dynamic_degree", "background_error", "reward_MQ")
-    fig, axes = plt.subplots(2, len(long_keys), figsize=(3.0 * len(long_keys), 6.2))
-    labels = list(summary["long"])
-    for ax, bar, k in zip(axes[0], axes[1], long_keys):
-        for i, (label, data) in enumerate(summary["long"].items()):
-            x = [s / 33 for s in data["starts"]]
-            m = [w[k][0] for w in data["windows"]]
-            s = [w[k][1] for w in data["windows"]]
-            ax.plot(x, m, marker="o", ms=3, label=label, color=f"C{i}")
-            ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15, color=f"C{i}")
-        ax.set_title(f"{k} per window", fontsize=9)
-        ax.set_xlabel("window start (x training length)", fontsize=7)
-        ax.tick_params(labelsize=7)
-        bar.bar(range(len(labels)), [summary["long"][n]["later"][k][0] for n in labels],
-                yerr=[summary["long"][n]["later"][k][1] for n in labels], color=[f"C{i}" for i in range(len(labels))],
-                capsize=3)
-        bar.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-        bar.set_title(f"{k}, later windows", fontsize=8)
-        bar.tick_params(axis="y", labelsize=7)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Long rollouts ({meta['long_factor']}x training length), {LABELS[meta['long_student']]} student, "
-                 "33-frame windows (bottom: mean of the windows after the first), mean ± std over seeds", fontsize=10)
-    fig.tight_layout()
-    paths.append(out / "long_rollouts.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
 
 
 def main(argv=None) -> None:
