@@ -4,9 +4,9 @@ where their parts are, checked to exist; their configs read without loading weig
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+from stream_r1_fast.files import read_json_object
 from stream_r1_fast.models.layouts import read_transformer_config
 from stream_r1_fast.models.vae_loading import vae_config_from_original
 from stream_r1_fast.models.weight_files import CheckpointError, read_weights_file
@@ -37,10 +37,7 @@ class WanFolder:
         """The VAE's config: ``vae/config.json``, or read off the tensor shapes of the original
         ``.pth`` (memory-mapped: its data is not read)."""
         if self.layout == "diffusers":
-            try:
-                return dict(json.loads((self.vae / "config.json").read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError) as exc:
-                raise CheckpointError(f"cannot read {self.vae / 'config.json'} ({type(exc).__name__}: {exc})") from None
+            return read_json_object(self.vae / "config.json", CheckpointError)
         try:
             return vae_config_from_original(read_weights_file(self.vae))
         except CheckpointError as exc:
@@ -49,9 +46,10 @@ class WanFolder:
     def text_dim(self) -> int:
         """The text encoder's width (the transformer's ``text_dim`` must match it)."""
         if self.layout == "diffusers":
+            data = read_json_object(self.text_encoder / "config.json", CheckpointError)
             try:
-                return int(json.loads((self.text_encoder / "config.json").read_text(encoding="utf-8"))["d_model"])
-            except (OSError, ValueError, TypeError, KeyError) as exc:
+                return int(data["d_model"])
+            except (ValueError, TypeError, KeyError) as exc:
                 raise CheckpointError(f"cannot read d_model from {self.text_encoder / 'config.json'} "
                                       f"({type(exc).__name__}: {exc})") from None
         sd = read_weights_file(self.text_encoder)

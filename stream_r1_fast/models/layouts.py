@@ -16,13 +16,13 @@ diffusers' ``WanTransformer3DModel`` names that :class:`CausalWanTransformer` us
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from stream_r1_fast.files import read_json_object
 from stream_r1_fast.models.configs import preset
 from stream_r1_fast.models.wan import CausalWanTransformer
 from stream_r1_fast.models.weight_files import CheckpointError
@@ -135,12 +135,7 @@ def transformer_config_from_original(cfg: Mapping) -> dict:
 def read_transformer_config(path: str | Path) -> dict:
     """A transformer ``config.json``, in diffusers' names or the original Wan names (converted)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: a config must be a JSON object, got {type(data).__name__}")
+    data = read_json_object(path, CheckpointError)
     if "num_attention_heads" not in data and ("dim" in data or "num_heads" in data):
         try:
             return transformer_config_from_original(data)

@@ -4,13 +4,13 @@ converter) and merged into the weights through peft (:func:`merge_lora`)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from stream_r1_fast.files import read_json_object
 from stream_r1_fast.models.layouts import LEADING_PREFIXES, convert_original_to_diffusers, strip_key
 from stream_r1_fast.models.quiet import quiet_loading
 from stream_r1_fast.models.weight_files import PICKLE_SUFFIXES, CheckpointError, read_safetensors, read_weights_file, torch_load
@@ -48,9 +48,9 @@ def read_lora(path: str | Path, *, alpha: float | None = None) -> tuple[dict[str
         if not cfg_file.is_file() or not weights:
             raise FileNotFoundError(f"{where}: a peft adapter folder needs adapter_config.json and adapter_model.safetensors")
         try:
-            config = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{where}: cannot read {cfg_file} ({type(exc).__name__}: {exc})") from None
+            config = read_json_object(cfg_file, CheckpointError)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
         if config.get("peft_type", "LORA") != "LORA":
             raise CheckpointError(f"{where}: a {config.get('peft_type')} adapter; only LoRA is supported")
         raw = read_weights_file(weights[0])
