@@ -468,10 +468,10 @@ def test_sample_videos_reach_tensorboard_and_do_not_change_the_run(tmp_path, mon
     plain = tiny_trainer(tiny_config("dmd", str(tmp_path / "plain"), train={"steps": 3})).fit()
     out = tmp_path / "run"
     trainer = tiny_trainer(tiny_config("dmd", str(out), train={"steps": 3, "sample_every": 1}))
-    before = {n: p.detach().clone() for n, p in trainer.generator.named_parameters()}
+    before = {n: p.detach().clone() for n, p in trainer.student.named_parameters()}
     video = trainer.sample()
     assert video.shape[:3] == (1, 5, 3) and 0.0 <= float(video.min()) and float(video.max()) <= 1.0
-    assert all(torch.equal(before[n], p) for n, p in trainer.generator.named_parameters())
+    assert all(torch.equal(before[n], p) for n, p in trainer.student.named_parameters())
     sampled = trainer.fit()
     for a, b in zip(plain, sampled):
         assert a["critic_loss"] == b["critic_loss"] and a["generator_loss"] == b["generator_loss"]

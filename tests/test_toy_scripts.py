@@ -55,7 +55,7 @@ def test_train_student(tmp_path, capsys):
 
     # The shipped recipe with 2 captions: its 4096 take ~15 s to draw.
     data = yaml.safe_load((SCRIPTS.parents[1] / "configs" / "toy_stream_r1.yaml").read_text())
-    data["data"]["prompts"] = "toy-world:2"
+    data["data"]["prompts"]["kwargs"]["count"] = 2
     config = tmp_path / "toy_stream_r1.yaml"
     config.write_text(yaml.safe_dump(data))
     out, run = tmp_path / "x.safetensors", tmp_path / "run"

@@ -30,7 +30,7 @@ def _worker(rank: int, world: int, port: int, out: str, sections: dict) -> None:
         trainer = tiny_trainer(cfg)
         from torch.distributed.fsdp import FSDPModule
 
-        for model in (trainer.generator, trainer.critic, trainer.teacher):
+        for model in (trainer.student, trainer.critic, trainer.teacher):
             # Per-block FSDP2: every block is a unit of its own under the root's.
             assert isinstance(model, FSDPModule)
             assert all(isinstance(block, FSDPModule) for block in model.blocks)

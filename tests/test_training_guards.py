@@ -169,7 +169,7 @@ def _saved(tmp_path) -> list[str]:
 
 def test_infinite_generator_lr_stops_before_saving(tmp_path):
     trainer = _run(tmp_path)
-    for group in trainer.g_opt.param_groups:  # as `optim.lr_generator: .inf` did before the config check
+    for group in trainer.student_opt.param_groups:  # as `optim.lr_generator: .inf` did before the config check
         group["lr"] = math.inf
     with pytest.raises(TrainingDiverged, match=r"generator's weights are not finite after training step 0; "
                                                r"check optim\.lr_generator / dmd\.guidance_scale") as exc:
@@ -183,7 +183,7 @@ def test_divergence_mid_run_stops_at_the_step_it_happens(tmp_path):
 
     def poison(logs):
         if logs["step"] == 1:
-            for group in trainer.g_opt.param_groups:
+            for group in trainer.student_opt.param_groups:
                 group["lr"] = math.inf
 
     with pytest.raises(TrainingDiverged, match=r"after training step 2; check optim\.lr_generator / "
@@ -197,7 +197,7 @@ def test_divergence_mid_run_stops_at_the_step_it_happens(tmp_path):
 
 def test_diverging_critic_names_its_learning_rate(tmp_path):
     trainer = _run(tmp_path)
-    for group in trainer.c_opt.param_groups:
+    for group in trainer.critic_opt.param_groups:
         group["lr"] = math.inf
     with pytest.raises(TrainingDiverged, match=r"critic's weights are not finite after training step 0; "
                                                r"check optim\.lr_critic"):

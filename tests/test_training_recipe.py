@@ -77,9 +77,9 @@ def test_critic_trains_on_a_fresh_rollout_of_the_updated_generator(monkeypatch):
     # same prompts with the critic's noise and exit step.
     tr.step -= 1  # the step just taken
     prompts, gens = tr._batch(0, 3)
-    text = tr.generator.encode_text(tr.text_encoder(prompts))
+    text = tr.student.encode_text(tr.text_encoder(prompts))
     with torch.no_grad():
-        want = self_forcing_rollout(tr.generator, text, num_chunks=2, chunk_frames=1, latent_size=tr.latent_size,
+        want = self_forcing_rollout(tr.student, text, num_chunks=2, chunk_frames=1, latent_size=tr.latent_size,
                                     exit_step=logs["critic_exit_step"], sampler=tr.sampler, policy=tr.policy,
                                     generator=gens)
     torch.testing.assert_close(critic_x, want)

@@ -83,7 +83,7 @@ def test_three_steps_lower_the_critic_loss(mode, tmp_path):
 
 
 def _params(trainer):
-    return {f"{n}.{k}": v.detach().clone() for n, m in (("g", trainer.generator), ("c", trainer.critic))
+    return {f"{n}.{k}": v.detach().clone() for n, m in (("g", trainer.student), ("c", trainer.critic))
             for k, v in m.state_dict().items()} | {f"ema.{k}": v.clone() for k, v in trainer.ema.items()}
 
 

@@ -77,8 +77,8 @@ def _gentle(model, scale: float = 0.25):
 
 def tiny_trainer(config: TrainConfig) -> Trainer:
     """Student and critic from the same tiny init, a different tiny teacher."""
-    generator, critic = _gentle(tiny_transformer(0)), _gentle(tiny_transformer(0))
+    student, critic = _gentle(tiny_transformer(0)), _gentle(tiny_transformer(0))
     teacher = tiny_transformer(1)
     reward = TinyReward() if config.weighting.mode != "dmd" else None
-    return Trainer(config, generator=generator, teacher=teacher, critic=critic, text_encoder=FixedTextEncoder(),
+    return Trainer(config, student=student, teacher=teacher, critic=critic, text_encoder=FixedTextEncoder(),
                    vae=tiny_vae(0), reward_model=reward, device="cpu")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from stream_r1_fast.toy.distill import build_toy_trainer
+from stream_r1_fast.toy.recipe import build_toy_trainer
 from stream_r1_fast.toy.models import WEIGHTS, save_transformer
 from stream_r1_fast.training.config import TrainConfig
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
                   flush=True)
 
     trainer.fit(on_step=report)
-    model = trainer.generator
+    model = trainer.student
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(trainer.ema[name].to(p.dtype))
