@@ -63,6 +63,26 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
               ref.device(), "), got ", t.device());
 }
 
+// A tensor argument and its name, for the checks of several arguments against one.
+struct Named {
+  const at::Tensor& t;
+  const char* name;
+};
+
+inline void check_same_dtype(const at::Tensor& ref, const char* ref_name,
+                             std::initializer_list<Named> tensors) {
+  for (const Named& n : tensors) check_same_dtype(n.t, ref, n.name, ref_name);
+}
+
+inline void check_same_device(const at::Tensor& ref, const char* ref_name,
+                              std::initializer_list<Named> tensors) {
+  for (const Named& n : tensors) check_same_device(n.t, ref, n.name, ref_name);
+}
+
+inline void check_contiguous(std::initializer_list<Named> tensors) {
+  for (const Named& n : tensors) check_contiguous(n.t, n.name);
+}
+
 inline void check_int32_vector(const at::Tensor& t, const char* name, int64_t numel) {
   TORCH_CHECK(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.numel() == numel, name, " must have shape [", numel, "], got ",

@@ -48,20 +48,12 @@ inline Params make_params(const at::Tensor& k_cache, const at::Tensor& v_cache,
               " frames, got ", fn, " (", k_new.size(1), " tokens of ", p, ")");
 
   check_float_dtype(k_cache, "k_cache");
-  check_same_dtype(v_cache, k_cache, "v_cache", "k_cache");
-  check_same_dtype(k_new, k_cache, "k_new", "k_cache");
-  check_same_dtype(v_new, k_cache, "v_new", "k_cache");
-  check_same_device(v_cache, k_cache, "v_cache", "k_cache");
-  check_same_device(cache_pos, k_cache, "cache_pos", "k_cache");
-  check_same_device(state, k_cache, "state", "k_cache");
-  check_same_device(k_new, k_cache, "k_new", "k_cache");
-  check_same_device(v_new, k_cache, "v_new", "k_cache");
+  check_same_dtype(k_cache, "k_cache", {{v_cache, "v_cache"}, {k_new, "k_new"}, {v_new, "v_new"}});
+  check_same_device(k_cache, "k_cache", {{v_cache, "v_cache"}, {cache_pos, "cache_pos"},
+                                         {state, "state"}, {k_new, "k_new"}, {v_new, "v_new"}});
   check_int32_vector(cache_pos, "cache_pos", s);
   check_int32_vector(state, "state", 4);
-  check_contiguous(k_cache, "k_cache");
-  check_contiguous(v_cache, "v_cache");
-  check_contiguous(k_new, "k_new");
-  check_contiguous(v_new, "v_new");
+  check_contiguous({{k_cache, "k_cache"}, {v_cache, "v_cache"}, {k_new, "k_new"}, {v_new, "v_new"}});
 
   Params params{};
   params.k_cache = k_cache.data_ptr();

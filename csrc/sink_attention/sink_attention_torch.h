@@ -34,17 +34,9 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k,
   check_rank(v_cache, "v_cache", 5, "[B, S, P, H, D]");
 
   check_float_dtype(q, "q");
-  check_same_dtype(k, q, "k", "q");
-  check_same_dtype(v, q, "v", "q");
-  check_same_dtype(k_cache, q, "k_cache", "q");
-  check_same_dtype(v_cache, q, "v_cache", "q");
-
-  check_same_device(k, q, "k", "q");
-  check_same_device(v, q, "v", "q");
-  check_same_device(k_cache, q, "k_cache", "q");
-  check_same_device(v_cache, q, "v_cache", "q");
-  check_same_device(cache_pos, q, "cache_pos", "q");
-  check_same_device(q_pos, q, "q_pos", "q");
+  check_same_dtype(q, "q", {{k, "k"}, {v, "v"}, {k_cache, "k_cache"}, {v_cache, "v_cache"}});
+  check_same_device(q, "q", {{k, "k"}, {v, "v"}, {k_cache, "k_cache"}, {v_cache, "v_cache"},
+                             {cache_pos, "cache_pos"}, {q_pos, "q_pos"}});
 
   const int64_t b = q.size(0), lq = q.size(1), h = q.size(2), d = q.size(3);
   TORCH_CHECK(d == 64 || d == 128, "sink_attention: head_dim (last dim of q) must be 64 or 128, got ",
@@ -68,11 +60,7 @@ inline Params make_params(const at::Tensor& q, const at::Tensor& k,
   check_int32_vector(cache_pos, "cache_pos", s);
   check_int32_vector(q_pos, "q_pos", 1);
 
-  check_contiguous(q, "q");
-  check_contiguous(k, "k");
-  check_contiguous(v, "v");
-  check_contiguous(k_cache, "k_cache");
-  check_contiguous(v_cache, "v_cache");
+  check_contiguous({{q, "q"}, {k, "k"}, {v, "v"}, {k_cache, "k_cache"}, {v_cache, "v_cache"}});
 
   const int64_t keys =
       checked_add(checked_mul(s, p, "sink_attention: k_cache.shape[1] * shape[2] (cached keys)"),
