@@ -20,10 +20,12 @@ import torch
 from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
 from stream_r1_fast.devices import resolve_device
 from stream_r1_fast.inference.assembly import as_dtype, load_parts, resolve_dtype
+from stream_r1_fast.inference.graphs import GraphedChunkStep
 from stream_r1_fast.inference.live import LiveStream
 from stream_r1_fast.inference.recache import LatentHistory, recache_kv
 from stream_r1_fast.inference.sampler import FlowMatchSampler
-from stream_r1_fast.inference.schedule import LivePromptSchedule, PromptSchedule, StreamChunk
+from stream_r1_fast.inference.schedule import (LivePromptSchedule, PromptSchedule, StreamChunk, check_schedule_prompts,
+                                              stream_generators)
 from stream_r1_fast.inference.text import PromptEncoder
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, codec_factors, to_uint8_frames
 from stream_r1_fast.models.wan import CausalWanTransformer
@@ -65,6 +67,12 @@ class StreamingPipeline:
     :class:`~stream_r1_fast.cache.RotatedSinkKVCache`: keys stored rotated, one dense
     ``scaled_dot_product_attention`` per block, PyTorch ops only). With ``compile_step`` the
     rotated cache compiles once per fill phase (3 at the defaults), then reuses the last.
+
+    ``cuda_graphs``: run the chunk step as CUDA graphs (compiled with
+    ``mode="reduce-overhead"``: recorded on a stream's first chunks, then one replay per
+    chunk; :mod:`stream_r1_fast.inference.graphs`); ``compile_options`` apply to it too. Off a
+    CUDA device it warns once (:class:`~stream_r1_fast.inference.graphs.CudaGraphsUnavailable`)
+    and runs the step compiled without graphs; :attr:`cuda_graphs_status` says which ran.
     """
 
     def __init__(
@@ -78,9 +86,10 @@ class StreamingPipeline:
         compile_step: bool = False,
         compile_options: dict | None = None,
         cache_impl: str = "fused",
+        cuda_graphs: bool = False,
     ):
         self._check_options(chunk_frames=chunk_frames, compile_step=compile_step, compile_options=compile_options,
-                            cache_impl=cache_impl)
+                            cache_impl=cache_impl, cuda_graphs=cuda_graphs)
         self.cache_impl = resolve_cache_impl(cache_impl)
         self.transformer = transformer.eval()
         self.vae = vae.eval() if vae is not None else None
@@ -88,7 +97,10 @@ class StreamingPipeline:
         self.sampler = sampler
         self.chunk_frames = chunk_frames
         self.chunk_step = sampler.denoise_chunk
-        if compile_step:
+        self._graphs = GraphedChunkStep(sampler.denoise_chunk, compile_options) if cuda_graphs else None
+        if self._graphs is not None:
+            self.chunk_step = self._graphs
+        elif compile_step:
             self.chunk_step = torch.compile(sampler.denoise_chunk, fullgraph=True, dynamic=False,
                                             **(compile_options or {}))
 
@@ -106,8 +118,14 @@ class StreamingPipeline:
         chunk_frames = options.get("chunk_frames", params["chunk_frames"].default)
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
-        if options.get("compile_options") is not None and not options.get("compile_step", False):
-            raise ValueError("compile_options are given but compile_step is False")
+        graphs = options.get("cuda_graphs", False)
+        if not isinstance(graphs, bool):
+            raise TypeError(f"cuda_graphs must be True or False, got {graphs!r}")
+        if options.get("compile_options") is not None and not (options.get("compile_step", False) or graphs):
+            raise ValueError("compile_options are given but compile_step and cuda_graphs are False")
+        if graphs and "mode" in (options.get("compile_options") or {}):
+            raise ValueError("cuda_graphs=True sets torch.compile's mode ('reduce-overhead'); drop 'mode' from "
+                             "compile_options")
         if "cache_impl" in options:
             resolve_cache_impl(options["cache_impl"])
         sampler = options.get("sampler")
@@ -218,6 +236,12 @@ class StreamingPipeline:
                 out[name] = sum(t.numel() * t.element_size() for t in tensors if t.device == dev)
         return out
 
+    @property
+    def cuda_graphs_status(self) -> str:
+        """How the last stream ran its chunk step under ``cuda_graphs=True`` ("captured", or
+        why not); "off" when the pipeline was built without it."""
+        return self._graphs.status if self._graphs is not None else "off"
+
     # ------------------------------------------------------------------ sizes
 
     @property
@@ -307,36 +331,11 @@ class StreamingPipeline:
         if decode and self.vae is None:
             raise RuntimeError("decode=True needs a VAE: build the pipeline with vae=... or pass decode=False")
         lat_h, lat_w = self._latent_size(height, width)
-        self._check_prompts(schedule)
-        generator = self._generators(seed, batch)
-        return self._run(schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode, recache)
-
-    def _check_prompts(self, schedule: PromptSchedule) -> None:
-        """Every prompt of the schedule against the text encoder, before the first chunk: an
-        encoder with a ``check_prompt(prompt)`` method (the toy world's closed vocabulary) raises
-        there for a prompt it could not encode."""
         if self.prompt_encoder is None:
             raise RuntimeError("this pipeline has no text encoder: build it with prompt_encoder=...")
-        check = getattr(self.prompt_encoder, "check_prompt", None)
-        if check is not None:
-            for k, prompts in schedule.entries.items():
-                for p in dict.fromkeys(prompts):
-                    try:
-                        check(p)
-                    except ValueError as exc:
-                        raise ValueError(f"the prompt of chunk {k}: {exc}") from None
-
-    def _generators(self, seed, batch: int):
-        dev = self.device
-        if seed is None:
-            return None
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            return torch.Generator(device=dev).manual_seed(seed)
-        if isinstance(seed, Sequence) and all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
-            if len(seed) != batch:
-                raise ValueError(f"{len(seed)} seeds for a batch of {batch} streams")
-            return [torch.Generator(device=dev).manual_seed(s) for s in seed]
-        raise TypeError(f"seed must be an int, a list of ints (one per stream) or None, got {seed!r}")
+        check_schedule_prompts(self.prompt_encoder, schedule)
+        generator = stream_generators(seed, batch, self.device)
+        return self._run(schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode, recache)
 
     def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode,
              recache=False) -> Iterator[StreamChunk]:
@@ -360,7 +359,12 @@ class StreamingPipeline:
                 new_prompts, want = switch
                 with torch.no_grad():  # the generator runs outside stream()'s no_grad
                     new_text, prompts = self._text(new_prompts, batch)
-                text = new_text if text is None else text.copy_(new_text)
+                if text is None:
+                    text = new_text
+                    if self._graphs is not None:
+                        self._graphs.prepare(self.device, cache, text, times)
+                else:
+                    text.copy_(new_text)
                 since = n
                 if n > 0 and (recache if want is None else want):
                     recached = recache_kv(model, self.chunk_frames, cache, history, text, times, policy)

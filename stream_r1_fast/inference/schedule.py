@@ -127,6 +127,35 @@ class LivePromptSchedule(PromptSchedule):
         return None if taken is None else taken[0]
 
 
+def check_schedule_prompts(encoder, schedule: PromptSchedule) -> None:
+    """Every prompt of ``schedule`` against the text ``encoder``, before the first chunk: an
+    encoder with a ``check_prompt(prompt)`` method (a closed vocabulary) raises there for a
+    prompt it could not encode, named by the chunk it starts at."""
+    check = getattr(encoder, "check_prompt", None)
+    if check is None:
+        return
+    for k, prompts in schedule.entries.items():
+        for p in dict.fromkeys(prompts):
+            try:
+                check(p)
+            except ValueError as exc:
+                raise ValueError(f"the prompt of chunk {k}: {exc}") from None
+
+
+def stream_generators(seed, batch: int, device):
+    """The noise generators of a stream: None (nondeterministic), one for an int seed, one per
+    stream for a list of ``batch`` ints."""
+    if seed is None:
+        return None
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return torch.Generator(device=device).manual_seed(seed)
+    if isinstance(seed, Sequence) and all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
+        if len(seed) != batch:
+            raise ValueError(f"{len(seed)} seeds for a batch of {batch} streams")
+        return [torch.Generator(device=device).manual_seed(s) for s in seed]
+    raise TypeError(f"seed must be an int, a list of ints (one per stream) or None, got {seed!r}")
+
+
 @dataclasses.dataclass
 class LiveChunk(StreamChunk):
     """A :class:`StreamChunk` of a live stream (``prompt_since``: the chunk at which this chunk's

@@ -9,8 +9,8 @@ teacher's clean chunks (teacher forcing), each sample's chunk at its own student
 chunk step is inference's :func:`~stream_r1_fast.inference.sampler.denoise_chunk` with one
 per-sample timestep.
 
-Nothing here is tied to a model size: the toy world's script (``scripts/toy/ode_init.py``)
-passes its chunk shape and teacher.
+Nothing here is tied to a model size or a recipe: the caller passes the chunk shape, the
+teacher and the student.
 """
 
 from __future__ import annotations
