@@ -15,7 +15,7 @@ block's cross-attention K/V, computed once per prompt by :meth:`encode_text` —
 *lazy* (the projected text states only, :meth:`embed_text`; each block computes its own K/V
 inside its forward). The lazy form keeps every parameter use inside the forward of the module
 that owns it, which is what per-block FSDP2 sharding needs (training under ``torchrun``, see
-:func:`stream_r1_fast.training.trainer.shard_model`); both forms give the same numbers.
+:func:`stream_r1_fast.training.sharding.shard_model`); both forms give the same numbers.
 
 Tensor layouts: latents ``[B, C, F, H, W]``; inside the blocks, tokens ``[B, F, P, dim]`` with
 ``P = (H / 2) * (W / 2)`` tokens per latent frame (row-major), attention heads ``[B, L, heads,
