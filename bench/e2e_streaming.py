@@ -4,20 +4,30 @@ faithful reproduction of Reward Forcing's inference path, in the same run.
 
 Modes (``--modes``): ``ours`` (SinkKVCache: pre-RoPE cache, the fused sink_attention /
 ema_cache_update ops), ``rotated`` (RotatedSinkKVCache: keys stored rotated, one dense SDPA
-per block, PyTorch ops only), ``baseline`` (the Reward-Forcing-style path).
+per block, PyTorch ops only), ``baseline`` (the Reward-Forcing-style path). ``ours`` and
+``rotated`` run StreamingPipeline's chunk step (``FlowMatchSampler.denoise_chunk`` with the
+stream's time contexts); with ``--cuda-graphs`` each also runs as ``<mode>+graphs``, the step
+the pipeline runs under ``cuda_graphs=True`` (``inference/graphs.py``: compiled with
+``mode="reduce-overhead"``, recorded per cache-fill shape, then replayed). A graph mode first
+runs one untimed stream (compilation; its wall time is reported as ``compile_stream_s``);
+each timed stream then records its graphs again on its first chunks (a new cache is new
+static memory): the first two chunks of every shape are a warm-up run and the recording, so
+``--warmup`` should cover them (5 for the rotated cache at the defaults: 3 fill shapes, the
+steady one twice). Off CUDA the graph modes run compiled without graphs and say so.
 
-What is timed, per chunk: 4 denoising forwards, the context-refresh forward, the streaming
-VAE decode of the chunk (in float32, as StreamingPipeline runs it) and the copy of its uint8
-frames to the host. Text encoding is NOT timed (it happens once per prompt; the UMT5 encoder is
-not loaded: random text embeddings of the right shape stand in). Reported:
+What is timed, per chunk: the noise draws, 4 denoising forwards, the context-refresh
+forward (together: the step), the streaming VAE decode of the chunk (in float32, as
+StreamingPipeline runs it) and the copy of its uint8 frames to the host. Text encoding is NOT
+timed (it happens once per prompt; the UMT5 encoder is not loaded: random text embeddings of
+the right shape stand in). Reported:
 - time to first frame: from the start of chunk 0 to its frames on the host;
 - sustained FPS: video frames of the chunks after warm-up / the wall time from the start of the
   first of them to the end of the last (``--no-vae``: the frames those chunks would decode to);
-- breakdown: denoising, refresh, VAE decode (+ host copy), medians per chunk;
+- breakdown: step (noise + denoising + refresh), VAE decode (+ host copy), medians per chunk;
+  the baseline also splits its step into denoising and refresh;
 - peak memory (CUDA) of the whole run.
-Ours and the baseline alternate over ``--repeats`` runs (default 3); medians and the spread
-(min, max) over the repeats are reported. Eager only: CUDA-graph capture of the chunk step is
-not implemented yet (the JSON says so).
+The modes alternate over ``--repeats`` runs (default 3); medians and the spread (min, max)
+over the repeats are reported.
 
     python bench/e2e_streaming.py                         # 1.3B, 480x832, on CUDA
     python bench/e2e_streaming.py --config tiny --height 32 --width 48 --device cpu
@@ -43,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, device_name, environment  # noqa: E402
 
 from stream_r1_fast.cache import CachePolicy, RotatedSinkKVCache, SinkKVCache  # noqa: E402
+from stream_r1_fast.inference.graphs import GraphedChunkStep  # noqa: E402
 from stream_r1_fast.inference.sampler import FlowMatchSampler, randn  # noqa: E402
 from stream_r1_fast.inference.vae import StreamingVAEDecoder, to_uint8_frames  # noqa: E402
 from stream_r1_fast.models import CausalWanTransformer  # noqa: E402
@@ -139,48 +150,70 @@ class Clock:
         return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
 
 
-def run_mode(mode, model, vae, text, args, device, dtype):
+def make_cache(kind, model, args, device, dtype):
     policy = CachePolicy.ema_sink(args.sink, args.window, args.alpha)
     lat_h, lat_w = args.height // 8, args.width // 8
-    grid = model.latent_grid(lat_h, lat_w)
     cfg = model.config
-    if mode == "ours":
-        cache = SinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, dtype=dtype, device=device)
-    elif mode == "rotated":
-        cache = RotatedSinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, chunk_frames=args.chunk_frames,
-                                             dtype=dtype, device=device)
-    else:
-        cache = RewardForcingStyleCache(cfg.num_layers, args.batch, grid, cfg.num_attention_heads,
-                                        cfg.attention_head_dim, policy, args.chunk_frames, dtype=dtype, device=device)
+    if kind == "ours":
+        return SinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, dtype=dtype, device=device)
+    if kind == "rotated":
+        return RotatedSinkKVCache.for_model(model, args.batch, lat_h, lat_w, policy, chunk_frames=args.chunk_frames,
+                                            dtype=dtype, device=device)
+    return RewardForcingStyleCache(cfg.num_layers, args.batch, model.latent_grid(lat_h, lat_w), cfg.num_attention_heads,
+                                   cfg.attention_head_dim, policy, args.chunk_frames, dtype=dtype, device=device)
+
+
+def baseline_step(model, sampler, cache, text, gen, shape, device, dtype, clock):
+    """Reward Forcing's chunk loop: noise drawn just before use, each forward embedding its
+    timestep. Returns x0 and the mark between denoising and refresh."""
+    x_t = randn(shape, gen, device=device)
+    cache.begin_chunk()
+    last = len(sampler.timesteps) - 1
+    for i, t in enumerate(sampler.timesteps):
+        v = model.forward_chunk(x_t.to(dtype), t, text, cache).float()
+        x0 = sampler.predict_x0(x_t, v, t)
+        if i < last:
+            x_t = sampler.add_noise(x0, randn(x0.shape, gen, device=device), sampler.timesteps[i + 1])
+    mid = clock.mark()
+    model.forward_chunk(x0.to(dtype), 0.0, text, cache, update_cache=True)
+    return x0, mid
+
+
+def run_mode(mode, model, vae, text, args, device, dtype, graphed=None, chunks=None, warmup=None):
+    """One stream of ``warmup + chunks`` chunks in ``mode`` (``ours``, ``rotated``,
+    ``baseline``, ``<cache>+graphs`` with ``graphed`` its GraphedChunkStep). Returns its
+    figures and (with --keep-output) every chunk's latents."""
+    chunks = args.chunks if chunks is None else chunks
+    warmup = args.warmup if warmup is None else warmup
+    kind = mode.split("+")[0]
+    cache = make_cache(kind, model, args, device, dtype)
+    lat_h, lat_w = args.height // 8, args.width // 8
+    shape = (args.batch, model.config.in_channels, args.chunk_frames, lat_h, lat_w)
     decoder = StreamingVAEDecoder(vae) if vae is not None else None
     sampler = FlowMatchSampler()
     gen = torch.Generator(device=device).manual_seed(0)
     clock = Clock(device)
+    times = sampler.time_contexts(model, args.batch, args.chunk_frames) if kind != "baseline" else None
+    step = graphed if graphed is not None else sampler.denoise_chunk
+    if graphed is not None:
+        graphed.prepare(device, cache, text, times)
     marks, frames_per_chunk, outputs = [], [], []
-    total = args.warmup + args.chunks
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
     t_start = time.perf_counter()
     ttff = None
     with torch.no_grad():
-        for n in range(total):
-            if n == args.warmup:  # the measured window starts with the first chunk after warm-up
+        for n in range(warmup + chunks):
+            if n == warmup:  # the measured window starts with the first chunk after warm-up
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t_measure = time.perf_counter()
-            noise = randn((args.batch, cfg.in_channels, args.chunk_frames, lat_h, lat_w), gen, device=device)
             m0 = clock.mark()
-            cache.begin_chunk()
-            x_t = noise
-            last = len(sampler.timesteps) - 1
-            for i, t in enumerate(sampler.timesteps):
-                v = model.forward_chunk(x_t.to(dtype), t, text, cache).float()
-                x0 = sampler.predict_x0(x_t, v, t)
-                if i < last:
-                    x_t = sampler.add_noise(x0, randn(x0.shape, gen, device=device), sampler.timesteps[i + 1])
-            m1 = clock.mark()
-            model.forward_chunk(x0.to(dtype), 0.0, text, cache, update_cache=True)
+            if kind == "baseline":
+                x0, mid = baseline_step(model, sampler, cache, text, gen, shape, device, dtype, clock)
+            else:
+                x0, mid = step(model, sampler.draw_chunk_noise(shape, gen, device=device), text, cache, times), None
             m2 = clock.mark()
             if decoder is not None:
                 frames = to_uint8_frames(decoder.decode(x0.float()))  # includes the copy to the host
@@ -191,37 +224,41 @@ def run_mode(mode, model, vae, text, args, device, dtype):
             m3 = clock.mark()
             if n == 0:
                 ttff = time.perf_counter() - t_start  # the host has chunk 0's frames now
-            marks.append((m0, m1, m2, m3))
+            marks.append((m0, mid, m2, m3))
             frames_per_chunk.append(count)
             if args.keep_output:
                 outputs.append(x0.float().cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t_measure
-    measured = marks[args.warmup :]
-    n_frames = sum(frames_per_chunk[args.warmup :])
+    measured = marks[warmup:]
+    n_frames = sum(frames_per_chunk[warmup:])
     result = {
         "mode": mode,
         "sustained_fps": n_frames / wall,
         "time_to_first_frame_s": ttff,
         "chunk_ms_median": statistics.median(clock.ms(a, d) for a, _, _, d in measured),
-        "denoise_ms_median": statistics.median(clock.ms(a, b) for a, b, _, _ in measured),
-        "refresh_ms_median": statistics.median(clock.ms(b, c) for _, b, c, _ in measured),
+        "step_ms_median": statistics.median(clock.ms(a, c) for a, _, c, _ in measured),
         "vae_and_copy_ms_median": statistics.median(clock.ms(c, d) for _, _, c, d in measured),
         "frames_measured": n_frames,
         "chunks_measured": len(measured),
     }
+    if kind == "baseline":
+        result["denoise_ms_median"] = statistics.median(clock.ms(a, b) for a, b, _, _ in measured)
+        result["refresh_ms_median"] = statistics.median(clock.ms(b, c) for _, b, c, _ in measured)
     if device.type == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    if graphed is not None:
+        result["cuda_graphs_status"] = graphed.status
     return result, outputs
 
 
 def summarize(mode: str, runs: list[dict]) -> dict:
     """Medians over the repeats of every figure, the spread (min, max) of the FPS and TTFF."""
-    out = {"mode": mode, "repeats": len(runs), "cuda_graphs": "not implemented", "runs": runs}
-    for key in runs[0]:
+    out = {"mode": mode, "repeats": len(runs), "runs": runs}
+    for key, value in runs[0].items():
         if key != "mode":
-            out[key] = statistics.median(r[key] for r in runs)
+            out[key] = statistics.median(r[key] for r in runs) if not isinstance(value, str) else value
     for key in ("sustained_fps", "time_to_first_frame_s"):
         out[f"{key}_spread"] = [min(r[key] for r in runs), max(r[key] for r in runs)]
     return out
@@ -243,6 +280,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of every mode (medians over them)")
     p.add_argument("--modes", nargs="+", default=["ours", "baseline"], choices=["ours", "rotated", "baseline"])
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also run ours / rotated as <mode>+graphs (the pipeline's cuda_graphs=True step)")
     p.add_argument("--no-vae", action="store_true", help="skip the VAE (transformer only)")
     p.add_argument("--keep-output", action="store_true", help="compare the latents of every chunk across the modes")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON result")
@@ -276,25 +315,46 @@ def main() -> None:
           f"VAE {'on' if vae is not None else 'off'}; text encoding excluded")
     if args.repeats < 1 or args.chunks < 1 or args.warmup < 0:
         raise SystemExit("--repeats and --chunks must be >= 1, --warmup >= 0")
-    runs, outs = {m: [] for m in args.modes}, {}
+    modes = list(args.modes)
+    graphed, compile_s = {}, {}
+    if args.cuda_graphs:
+        for kind in [m for m in args.modes if m != "baseline"]:
+            modes.append(f"{kind}+graphs")
+            graphed[f"{kind}+graphs"] = GraphedChunkStep(FlowMatchSampler().denoise_chunk)
+    for mode, step in graphed.items():  # compile once, outside the timed streams
+        t0 = time.perf_counter()
+        run_mode(mode, model, vae, text, args, device, dtype, graphed=step, chunks=1, warmup=max(args.warmup, 5))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        compile_s[mode] = time.perf_counter() - t0
+        print(f"{mode:>14}: compiled in an untimed stream of {max(args.warmup, 5) + 1} chunks, "
+              f"{compile_s[mode]:.1f} s; {step.status}")
+    runs, outs = {m: [] for m in modes}, {}
     for rep in range(args.repeats):  # alternate the modes so that drift hits both alike
-        for mode in args.modes:
-            r, o = run_mode(mode, model, vae, text, args, device, dtype)
+        for mode in modes:
+            r, o = run_mode(mode, model, vae, text, args, device, dtype, graphed=graphed.get(mode))
             runs[mode].append(r)
             outs.setdefault(mode, o)
-            print(f"{mode:>9} [{rep + 1}/{args.repeats}]: {r['sustained_fps']:.2f} FPS sustained, first frame "
-                  f"{r['time_to_first_frame_s']:.3f} s, chunk {r['chunk_ms_median']:.1f} ms = denoise "
-                  f"{r['denoise_ms_median']:.1f} + refresh {r['refresh_ms_median']:.1f} + VAE/copy "
-                  f"{r['vae_and_copy_ms_median']:.1f}" + (f", peak {r['peak_memory_gb']:.2f} GiB" if "peak_memory_gb" in r else ""))
+            split = (f" (denoise {r['denoise_ms_median']:.1f} + refresh {r['refresh_ms_median']:.1f})"
+                     if "denoise_ms_median" in r else "")
+            print(f"{mode:>14} [{rep + 1}/{args.repeats}]: {r['sustained_fps']:.2f} FPS sustained, first frame "
+                  f"{r['time_to_first_frame_s']:.3f} s, chunk {r['chunk_ms_median']:.1f} ms = step "
+                  f"{r['step_ms_median']:.1f}{split} + VAE/copy {r['vae_and_copy_ms_median']:.1f}"
+                  + (f", peak {r['peak_memory_gb']:.2f} GiB" if "peak_memory_gb" in r else ""))
     results = [summarize(mode, rs) for mode, rs in runs.items()]
     for r in results:
+        if r["mode"] in compile_s:
+            r["compile_stream_s"] = compile_s[r["mode"]]
         lo, hi = r["sustained_fps_spread"]
-        print(f"{r['mode']:>9}: median {r['sustained_fps']:.2f} FPS (min {lo:.2f}, max {hi:.2f}) over {args.repeats} "
-              f"repeats, first frame {r['time_to_first_frame_s']:.3f} s (eager; CUDA graphs: not implemented)")
+        how = f"CUDA graphs: {r['cuda_graphs_status']}" if "cuda_graphs_status" in r else "eager"
+        print(f"{r['mode']:>14}: median {r['sustained_fps']:.2f} FPS (min {lo:.2f}, max {hi:.2f}) over {args.repeats} "
+              f"repeats, first frame {r['time_to_first_frame_s']:.3f} s ({how})")
     by = {r["mode"]: r for r in results}
     summary = {}
     # (mode, JSON key suffix, label): each engine against the Reward-Forcing-style baseline.
-    for mode, suffix, label in (("ours", "", ""), ("rotated", "_rotated", "rotated cache: ")):
+    for mode, suffix, label in (("ours", "", ""), ("rotated", "_rotated", "rotated cache: "),
+                                ("ours+graphs", "_graphs", "CUDA graphs: "),
+                                ("rotated+graphs", "_rotated_graphs", "rotated cache, CUDA graphs: ")):
         if mode not in by or "baseline" not in by:
             continue
         summary[f"speedup{suffix}"] = speedup = by[mode]["sustained_fps"] / by["baseline"]["sustained_fps"]

@@ -5,7 +5,8 @@
 #   3. compute-sanitizer memcheck and racecheck on one small call of each op (fail fast: the
 #      sandbox may refuse the tool; the rest goes on)
 #   4. the GPU tests (pytest -m cuda, larger hypothesis budget)
-#   5. the kernel benchmarks and the end-to-end streaming benchmark (JSON naming the device)
+#   5. the kernel benchmarks and the end-to-end streaming benchmark, eager and with CUDA graphs
+#      (JSON naming the device)
 # Logs and JSON go to ${OUT:-gpu_out}/; a summary of every phase's exit status at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,10 @@ fi
 HYPOTHESIS_PROFILE=gpu phase gpu_tests 180 python3 -m pytest -q -p no:cacheprovider -m cuda
 phase bench_kernels 150 python3 bench/run_all.py --device cuda
 phase bench_e2e 240 python3 bench/e2e_streaming.py --keep-output --chunks 10 --warmup 3 --repeats 3 --modes ours rotated baseline
+# The CUDA-graph columns apart (compilation of the 1.3B step may be slow; an overrun loses only
+# this phase): the baseline again in the same run, 5 warm-up chunks (recording per fill shape).
+phase bench_e2e_graphs 240 python3 bench/e2e_streaming.py --keep-output --chunks 10 --warmup 5 --repeats 2 \
+  --modes ours rotated baseline --cuda-graphs --out "$OUT/e2e_graphs"
 cp bench/results/*_cuda.json "$OUT/" 2>/dev/null || true
 echo "=== summary (exit status per phase; 124 = time limit)"
 for name in "${!STATUS[@]}"; do echo "$name: ${STATUS[$name]}"; done | sort | tee "$OUT/summary.txt"

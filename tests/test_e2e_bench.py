@@ -22,18 +22,25 @@ def _run(tmp_path, *extra):
 
 
 def test_e2e_streaming_tiny_on_cpu(tmp_path):
-    data = _run(tmp_path, "--keep-output", "--repeats", "3")
+    data = _run(tmp_path, "--keep-output", "--repeats", "3", "--cuda-graphs")
     modes = {r["mode"]: r for r in data["results"]}
-    assert set(modes) == {"ours", "baseline"}
+    assert set(modes) == {"ours", "baseline", "ours+graphs"}
     for r in modes.values():
         assert r["sustained_fps"] > 0 and r["time_to_first_frame_s"] > 0
         assert r["frames_measured"] == 4 * 12  # 3 latent frames -> 12 video frames per chunk
         assert r["chunks_measured"] == 4 and r["repeats"] == 3 and len(r["runs"]) == 3
         lo, hi = r["sustained_fps_spread"]
         assert lo <= r["sustained_fps"] <= hi
-        assert r["cuda_graphs"] == "not implemented"
+        assert 0 < r["step_ms_median"] <= r["chunk_ms_median"]
+    assert "cuda_graphs_status" not in modes["ours"] and "compile_stream_s" not in modes["ours"]
+    assert modes["baseline"]["denoise_ms_median"] > 0 and modes["baseline"]["refresh_ms_median"] > 0
+    # Off CUDA the graph column is the compiled step, and says why it is not graphs.
+    graphs = modes["ours+graphs"]
+    assert graphs["cuda_graphs_status"].startswith("off: CUDA graphs need a CUDA device")
+    assert graphs["compile_stream_s"] > 0
     # 6 chunks: sink fill, window fill, then evictions with EMA folds into the sink.
     assert data["summary"]["max_abs_diff_latents"] < 1e-4
+    assert data["summary"]["max_abs_diff_latents_graphs"] < 1e-4
 
 
 def test_e2e_streaming_without_vae_counts_video_frames(tmp_path):
