@@ -4,11 +4,14 @@ read, then the transformer (+ LoRA), the VAE and the text encoder loaded."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
 
+from stream_r1_fast.cache import resolve_cache_impl
 from stream_r1_fast.devices import resolve_device
+from stream_r1_fast.inference.sampler import FlowMatchSampler
 from stream_r1_fast.inference.text import PromptEncoder
 from stream_r1_fast.models.loading import load_transformer
 from stream_r1_fast.models.wan import CausalWanTransformer
@@ -105,3 +108,32 @@ def load_parts(path: str | Path, *, checkpoint, which, lora, lora_alpha, dtype, 
         encoder = PromptEncoder.from_parts(folder.tokenizer, folder.text_encoder, dtype=enc_dtype, device=device,
                                            offload=offload_text_encoder)
     return transformer, vae, encoder
+
+
+def check_pipeline_options(init, options: dict) -> None:
+    """The keyword arguments of ``StreamingPipeline.__init__`` (``init``) after the models,
+    checked before anything is built or loaded."""
+    params = inspect.signature(init).parameters
+    known = [n for n in params if n not in ("self", "transformer", "vae", "prompt_encoder")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    chunk_frames = options.get("chunk_frames", params["chunk_frames"].default)
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+    graphs = options.get("cuda_graphs", False)
+    if not isinstance(graphs, bool):
+        raise TypeError(f"cuda_graphs must be True or False, got {graphs!r}")
+    if options.get("compile_options") is not None and not (options.get("compile_step", False) or graphs):
+        raise ValueError("compile_options are given but compile_step and cuda_graphs are False")
+    if graphs and "mode" in (options.get("compile_options") or {}):
+        raise ValueError("cuda_graphs=True sets torch.compile's mode ('reduce-overhead'); drop 'mode' from "
+                         "compile_options")
+    ahead = options.get("run_ahead")
+    if ahead is not None and not isinstance(ahead, bool):
+        raise TypeError(f"run_ahead must be True, False or None (on for CUDA), got {ahead!r}")
+    if "cache_impl" in options:
+        resolve_cache_impl(options["cache_impl"])
+    sampler = options.get("sampler")
+    if sampler is not None and not isinstance(sampler, FlowMatchSampler):
+        raise TypeError(f"sampler must be a FlowMatchSampler, got {type(sampler).__name__}")

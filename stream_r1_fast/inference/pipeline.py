@@ -19,15 +19,16 @@ import torch
 
 from stream_r1_fast.cache import CachePolicy, resolve_cache_impl
 from stream_r1_fast.devices import resolve_device
-from stream_r1_fast.inference.assembly import as_dtype, load_parts, resolve_dtype
+from stream_r1_fast.inference.assembly import as_dtype, check_pipeline_options, load_parts, resolve_dtype
 from stream_r1_fast.inference.graphs import GraphedChunkStep
+from stream_r1_fast.inference.host_frames import HostFrames
 from stream_r1_fast.inference.live import LiveStream
 from stream_r1_fast.inference.recache import LatentHistory, recache_kv
 from stream_r1_fast.inference.sampler import FlowMatchSampler
 from stream_r1_fast.inference.schedule import (LivePromptSchedule, PromptSchedule, StreamChunk, check_schedule_prompts,
                                               stream_generators)
 from stream_r1_fast.inference.text import PromptEncoder
-from stream_r1_fast.inference.vae import StreamingVAEDecoder, codec_factors, to_uint8_frames
+from stream_r1_fast.inference.vae import StreamingVAEDecoder, codec_factors, to_uint8_video
 from stream_r1_fast.models.wan import CausalWanTransformer
 
 # The stream's pieces live beside this file: loading (assembly.py), prompt schedules and the
@@ -44,6 +45,12 @@ def chunks_for_frames(num_frames: int, temporal_factor: int, chunk_frames: int =
     -> 21 latent frames -> 7 chunks of 3."""
     return math.ceil((1 + math.ceil((num_frames - 1) / temporal_factor)) / chunk_frames)
 
+
+
+def _finish_chunk(value) -> StreamChunk:
+    """A chunk of :meth:`StreamingPipeline._run` once its frames are on the host."""
+    n, x0, take, first_frame, prompts, since, recached = value  # take: waits for the host copy
+    return StreamChunk(n, x0, take() if take is not None else None, first_frame, prompts, since, recached)
 
 class StreamingPipeline:
     """Causal Wan transformer + sampler + KV cache (+ UMT5 text encoder, + Wan VAE).
@@ -73,6 +80,12 @@ class StreamingPipeline:
     chunk; :mod:`stream_r1_fast.inference.graphs`); ``compile_options`` apply to it too. Off a
     CUDA device it warns once (:class:`~stream_r1_fast.inference.graphs.CudaGraphsUnavailable`)
     and runs the step compiled without graphs; :attr:`cuda_graphs_status` says which ran.
+
+    ``run_ahead``: compute a stream one chunk ahead of its caller, so the GPU works on chunk
+    n + 1 while the caller handles chunk n (whose frames reach the host through a pinned,
+    asynchronous copy: :mod:`stream_r1_fast.inference.host_frames`). Same chunks; one more is
+    computed than a caller that stops early takes. Default (None): on for a CUDA device.
+    Never for a live stream (a prompt set after chunk n must reach chunk n + 1).
     """
 
     def __init__(
@@ -87,15 +100,17 @@ class StreamingPipeline:
         compile_options: dict | None = None,
         cache_impl: str = "fused",
         cuda_graphs: bool = False,
+        run_ahead: bool | None = None,
     ):
         self._check_options(chunk_frames=chunk_frames, compile_step=compile_step, compile_options=compile_options,
-                            cache_impl=cache_impl, cuda_graphs=cuda_graphs)
+                            cache_impl=cache_impl, cuda_graphs=cuda_graphs, run_ahead=run_ahead)
         self.cache_impl = resolve_cache_impl(cache_impl)
         self.transformer = transformer.eval()
         self.vae = vae.eval() if vae is not None else None
         self.prompt_encoder = prompt_encoder
         self.sampler = sampler
         self.chunk_frames = chunk_frames
+        self._run_ahead = run_ahead
         self.chunk_step = sampler.denoise_chunk
         self._graphs = GraphedChunkStep(sampler.denoise_chunk, compile_options) if cuda_graphs else None
         if self._graphs is not None:
@@ -106,31 +121,8 @@ class StreamingPipeline:
 
     @classmethod
     def _check_options(cls, **options) -> None:
-        """The keyword arguments of ``__init__`` after the models, checked (from_pretrained
-        calls this before it loads anything)."""
-        import inspect
-
-        params = inspect.signature(cls.__init__).parameters
-        known = [n for n in params if n not in ("self", "transformer", "vae", "prompt_encoder")]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)} (known: {', '.join(known)})")
-        chunk_frames = options.get("chunk_frames", params["chunk_frames"].default)
-        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
-        graphs = options.get("cuda_graphs", False)
-        if not isinstance(graphs, bool):
-            raise TypeError(f"cuda_graphs must be True or False, got {graphs!r}")
-        if options.get("compile_options") is not None and not (options.get("compile_step", False) or graphs):
-            raise ValueError("compile_options are given but compile_step and cuda_graphs are False")
-        if graphs and "mode" in (options.get("compile_options") or {}):
-            raise ValueError("cuda_graphs=True sets torch.compile's mode ('reduce-overhead'); drop 'mode' from "
-                             "compile_options")
-        if "cache_impl" in options:
-            resolve_cache_impl(options["cache_impl"])
-        sampler = options.get("sampler")
-        if sampler is not None and not isinstance(sampler, FlowMatchSampler):
-            raise TypeError(f"sampler must be a FlowMatchSampler, got {type(sampler).__name__}")
+        """``__init__``'s options, checked before from_pretrained loads anything."""
+        check_pipeline_options(cls.__init__, options)
 
     @classmethod
     def from_pretrained(
@@ -237,6 +229,11 @@ class StreamingPipeline:
         return out
 
     @property
+    def run_ahead(self) -> bool:
+        """Whether streams run one chunk ahead of their caller (``run_ahead``; None: on CUDA)."""
+        return self.device.type == "cuda" if self._run_ahead is None else self._run_ahead
+
+    @property
     def cuda_graphs_status(self) -> str:
         """How the last stream ran its chunk step under ``cuda_graphs=True`` ("captured", or
         why not); "off" when the pipeline was built without it."""
@@ -300,14 +297,10 @@ class StreamingPipeline:
             height, width: video size in pixels (multiples of 16 for Wan).
             seed: an int (one generator for the batch), one int per stream, or None
                 (nondeterministic). With one int per stream, stream b gets the noise it would
-                get alone, so it matches that stream generated alone up to floating-point
-                rounding, not bit for bit: a batched convolution or matmul may sum in another
-                order than a one-stream one (the patch embedding's Conv3d does on CPU), and the
-                last-bit differences carry through the cache without growing. Measured in
-                float32 on CPU: latents within 1.5e-4 over 100 chunks (7.8e-5 over 32) for the
-                toy student, 6e-6 for the tiny test model; decoded uint8 frames off by 1 in
-                0.002% of values. In bf16 / on GPU expect that precision's rounding instead.
-                Bit-exact equality would take one forward per stream (no batching).
+                get alone and matches that stream generated alone up to rounding (a batched
+                matmul may sum in another order; the differences do not grow through the
+                cache). Float32 on CPU: latents within 1.5e-4 over 100 chunks for the toy
+                student, uint8 frames off by 1 in 0.002% of values.
             policy: sink frames, window frames, EMA alpha of the KV cache; the window must hold
                 a chunk.
             decode: decode frames with the VAE (needs one); otherwise ``frames`` is None.
@@ -339,12 +332,18 @@ class StreamingPipeline:
 
     def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode,
              recache=False) -> Iterator[StreamChunk]:
+        """The stream's chunks; run ahead (:attr:`run_ahead`): chunk n is handed out once chunk
+        n + 1 has been launched, its frames copied to the host meanwhile (never for a live
+        stream: a prompt set after chunk n must reach chunk n + 1)."""
+        ahead = self.run_ahead and not isinstance(schedule, LivePromptSchedule)
+        pending = None
         model = self.transformer
         cache = self.cache_impl.for_model(model, batch, lat_h, lat_w, policy, chunk_frames=self.chunk_frames)
         decoder = None
         if decode:
             make = getattr(self.vae, "streaming_decoder", None)
             decoder = make() if make is not None else StreamingVAEDecoder(self.vae)
+        host = HostFrames()
         shape = (batch, model.config.in_channels, self.chunk_frames, lat_h, lat_w)
         times = self.sampler.time_contexts(model, batch, self.chunk_frames)
         text, prompts = None, None
@@ -372,10 +371,20 @@ class StreamingPipeline:
             x0 = self.chunk_step(model, noise, text, cache, times)
             if history is not None:
                 history.add(x0)
-            frames = to_uint8_frames(decoder.decode(x0)) if decoder is not None else None
-            yield StreamChunk(n, x0, frames, first_frame, list(prompts), since, recached)
-            first_frame += frames.shape[1] if frames is not None else 0
+            take = None
+            if decoder is not None:
+                video = to_uint8_video(decoder.decode(x0))
+                take, count = host.start(video), video.shape[1]
+            ready = (n, x0, take, first_frame, list(prompts), since, recached)
+            if not ahead:
+                yield _finish_chunk(ready)
+            elif pending is not None:
+                yield _finish_chunk(pending)
+            pending = ready if ahead else None
+            first_frame += count if decoder is not None else 0
             n += 1
+        if pending is not None:
+            yield _finish_chunk(pending)
 
     def generate(self, prompt, num_frames: int, **kwargs) -> torch.Tensor:
         """A whole video: uint8 [B, num_frames, H, W, 3] (convenience over :meth:`stream`)."""

@@ -63,7 +63,9 @@ class StreamingVAEDecoder:
         """latents [B, z, F, h, w] (normalised) -> video [B, 3, T, H, W] in [-1, 1], float32."""
         vae = self.vae
         param = next(vae.parameters())
-        z = latents.float() * self._std.to(latents.device) + self._mean.to(latents.device)
+        if self._mean.device != latents.device:  # moved once, then resident on the latents' device
+            self._mean, self._std = self._mean.to(latents.device), self._std.to(latents.device)
+        z = latents.float() * self._std + self._mean
         x = vae.post_quant_conv(z.to(param.dtype))  # 1x1x1: no temporal context needed
         out = []
         for i in range(x.shape[2]):
@@ -84,7 +86,14 @@ class StreamingVAEDecoder:
         return video.float().clamp(-1.0, 1.0)
 
 
-def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
-    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the CPU (what writers take)."""
+def to_uint8_video(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the video's device."""
     v = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return v.permute(0, 2, 3, 4, 1).cpu()
+    return v.permute(0, 2, 3, 4, 1)
+
+
+def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the CPU (what writers take);
+    blocking. :class:`~stream_r1_fast.inference.host_frames.HostFrames` is the asynchronous
+    form the pipeline uses."""
+    return to_uint8_video(video).cpu()
