@@ -33,6 +33,7 @@ class _CountingStep:
 
 @pytest.mark.parametrize("ahead", [True, False])
 def test_run_ahead_hands_out_chunk_n_after_launching_n_plus_1(ahead):
+    """Chunk 0 at once (the time to first frame), then each chunk once the next is launched."""
     pipe = _pipe("cpu", run_ahead=ahead)
     assert pipe.run_ahead is ahead
     pipe.chunk_step = counting = _CountingStep(pipe.chunk_step)
@@ -40,7 +41,7 @@ def test_run_ahead_hands_out_chunk_n_after_launching_n_plus_1(ahead):
     for chunk in pipe.stream("a red circle", num_chunks=4, seed=3, **SIZE):
         seen.append(counting.calls)
         chunks.append(chunk)
-    assert seen == ([2, 3, 4, 4] if ahead else [1, 2, 3, 4])
+    assert seen == ([1, 3, 4, 4] if ahead else [1, 2, 3, 4])
     # A live stream never runs ahead: a prompt set after chunk n must reach chunk n + 1.
     counting.calls, live_seen = 0, []
     live = []
@@ -54,10 +55,12 @@ def test_run_ahead_hands_out_chunk_n_after_launching_n_plus_1(ahead):
         torch.testing.assert_close(a.frames, c.frames, rtol=0, atol=0)
         torch.testing.assert_close(b.latents, c.latents, rtol=0, atol=0)
     # A caller that stops early: one chunk more was computed than taken, none after.
-    counting.calls = 0
-    for _ in pipe.stream("a red circle", seed=3, **SIZE):
-        break
-    assert counting.calls == (2 if ahead else 1)
+    for stop in (0, 2):
+        counting.calls = 0
+        for chunk in pipe.stream("a red circle", seed=3, **SIZE):
+            if chunk.index == stop:
+                break
+        assert counting.calls == stop + 1 + (ahead and stop > 0)
 
 
 def test_run_ahead_defaults_to_cuda_and_is_checked():

@@ -12,8 +12,9 @@ remove that gap on CUDA:
   their memory once they are dropped and their copy is done).
 * the pipeline runs a stream one chunk ahead (``StreamingPipeline(run_ahead=...)``, on by
   default on CUDA): chunk n is handed out (its copy waited for) only after chunk n + 1 has
-  been launched, so the GPU computes n + 1 while the caller handles n. Same frames, same
-  order; one chunk more is computed than a caller that stops early takes.
+  been launched, so the GPU computes n + 1 while the caller handles n. Chunk 0 is handed out
+  at once (the time to first frame does not wait for chunk 1). Same frames, same order; one
+  chunk more is computed than a caller that stops early takes.
 
 Off CUDA the copy is synchronous.
 """

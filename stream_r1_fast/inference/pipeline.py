@@ -332,9 +332,9 @@ class StreamingPipeline:
 
     def _run(self, schedule, batch, num_chunks, lat_h, lat_w, generator, policy, decode,
              recache=False) -> Iterator[StreamChunk]:
-        """The stream's chunks; run ahead (:attr:`run_ahead`): chunk n is handed out once chunk
-        n + 1 has been launched, its frames copied to the host meanwhile (never for a live
-        stream: a prompt set after chunk n must reach chunk n + 1)."""
+        """The stream's chunks; run ahead (:attr:`run_ahead`): chunk n > 0 is handed out once
+        chunk n + 1 has been launched, its frames copied to the host meanwhile (never for a
+        live stream: a prompt set after chunk n must reach chunk n + 1)."""
         ahead = self.run_ahead and not isinstance(schedule, LivePromptSchedule)
         pending = None
         model = self.transformer
@@ -376,11 +376,11 @@ class StreamingPipeline:
                 video = to_uint8_video(decoder.decode(x0))
                 take, count = host.start(video), video.shape[1]
             ready = (n, x0, take, first_frame, list(prompts), since, recached)
-            if not ahead:
-                yield _finish_chunk(ready)
-            elif pending is not None:
+            if pending is not None:
                 yield _finish_chunk(pending)
-            pending = ready if ahead else None
+            pending = ready if ahead and n > 0 else None  # chunk 0 at once: the time to first frame
+            if pending is None:
+                yield _finish_chunk(ready)
             first_frame += count if decoder is not None else 0
             n += 1
         if pending is not None:
