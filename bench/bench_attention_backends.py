@@ -12,6 +12,9 @@ Variants (each where it can run; what is missing is printed, never faked):
   sdpa_efficient   ... pinned to the memory-efficient kernels
   flash_attn_3     FlashAttention-3 (``flash_attn_interface``), when installed
   flash_attn_2     the ``flash_attn`` package, when installed
+                   (these six: stream_r1_fast.ops.dense_attention, as the rotated cache calls
+                   them, in its [B, L, H, D] layout; the library's own measured choice per
+                   shape is printed too)
   flashinfer       FlashInfer's single-request prefill, when installed
   sink_attention   our op on the rotating cache layout (RoPE of every key inside the call;
                    the occupied slots are the key prefix): what the fused cache pays today
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from common import Timing, script_main, time_fn  # noqa: E402
 
+from stream_r1_fast.ops.dense_attention import attention, attention_choices, available_backends, choose_backend  # noqa: E402
 from stream_r1_fast.ops.sink_attention import sink_attention  # noqa: E402
 
 CUDA_GEOMETRY = dict(fq=3, gh=30, gw=52, h=12, d=128, dtype=torch.bfloat16)
@@ -51,45 +55,27 @@ def _optional(module: str):
         return None
 
 
-def _sdpa(backend_name: str | None):
-    """SDPA pinned to one backend (None: PyTorch's choice); inputs [B, H, L, D]."""
-    if backend_name is None:
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = getattr(SDPBackend, backend_name)
-
-    def call(q, k, v):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v)
-
-    return call
+# Bench names of the library's backends (stream_r1_fast.ops.dense_attention, which the rotated
+# cache dispatches to: q / k / v in the cache's [B, L, H, D] layout).
+LIBRARY_NAMES = {"sdpa": "sdpa_default", "cudnn": "sdpa_cudnn", "flash": "sdpa_flash",
+                 "efficient": "sdpa_efficient", "fa3": "flash_attn_3", "fa2": "flash_attn_2"}
 
 
 def dense_variants(device: torch.device) -> tuple[dict, list[str]]:
     """name -> (layout, fn): layout "bhld" ([B, H, L, D]) or "blhd" ([B, L, H, D]); and the
     names of the backends that are not available here, with why."""
-    out, missing = {"sdpa_default": ("bhld", _sdpa(None))}, []
+    names, skipped = available_backends(device)
+    out = {LIBRARY_NAMES[n]: ("blhd", lambda q, k, v, n=n: attention(q, k, v, n)) for n in names}
+    missing = [f"{LIBRARY_NAMES[n]} ({why})" for n, why in skipped.items() if why != "CUDA only"]
     if device.type != "cuda":
-        out["sdpa_math"] = ("bhld", _sdpa("MATH"))
-        return out, missing
-    for name, backend in (("sdpa_cudnn", "CUDNN_ATTENTION"), ("sdpa_flash", "FLASH_ATTENTION"),
-                          ("sdpa_efficient", "EFFICIENT_ATTENTION")):
-        out[name] = ("bhld", _sdpa(backend))
-    fa3 = _optional("flash_attn_interface")
-    if fa3 is not None:
-        def fa3_call(q, k, v):
-            res = fa3.flash_attn_func(q, k, v)
-            return res[0] if isinstance(res, tuple) else res
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        out["flash_attn_3"] = ("blhd", fa3_call)
-    else:
-        missing.append("flash_attn_3 (flash_attn_interface not installed)")
-    fa2 = _optional("flash_attn")
-    if fa2 is not None:
-        out["flash_attn_2"] = ("blhd", lambda q, k, v: fa2.flash_attn_func(q, k, v))
-    else:
-        missing.append("flash_attn_2 (flash_attn not installed)")
+        def math(q, k, v):
+            with sdpa_kernel(SDPBackend.MATH):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        out["sdpa_math"] = ("bhld", math)
+        return out, missing
     fi = _optional("flashinfer")
     if fi is not None:
         # One request: [L, H, D] without the batch dimension.
@@ -153,6 +139,12 @@ def run(device: torch.device) -> list[Timing]:
                 continue
             rows.append(Timing("attention", name, shape, str(device), med, p20, p80,
                                extra={"TFLOP/s": float(f"{flops / (med * 1e-3) / 1e12:.3g}"), "Lq": lq, "Lk": lk}))
+        # What the rotated cache would dispatch this shape to (measured by the library itself).
+        chosen = choose_backend(1, lq, lk, h, d, dtype, device)
+        choice = next(c for key, c in attention_choices().items() if f"Lq{lq} Lk{lk} H{h} D{d}" in key)
+        print(f"{shape}: the library's choice is {LIBRARY_NAMES[chosen]} ({choice.reason}"
+              + (", " + ", ".join(f"{LIBRARY_NAMES[n]} {t:.3f} ms" for n, t in choice.times_ms.items())
+                 if choice.times_ms else "") + ")")
         del q, k, v, layouts, reference, k_cache, v_cache, timed
         if device.type == "cuda":
             torch.cuda.empty_cache()

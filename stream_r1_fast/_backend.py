@@ -47,6 +47,13 @@ class BackendInfo:
     nvrtc_ops: tuple[str, ...] = ()
     nvrtc_reason: str = ""
 
+    def attention(self) -> dict:
+        """The dense-attention backend measured for every shape so far (the rotated cache's;
+        :func:`stream_r1_fast.ops.dense_attention.attention_choices`)."""
+        from stream_r1_fast.ops.dense_attention import attention_choices
+
+        return attention_choices()
+
     def __str__(self) -> str:
         if self.name == "reference":
             return f"stream_r1_fast: pure PyTorch reference ops ({self.reason})"

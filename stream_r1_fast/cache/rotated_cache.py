@@ -46,9 +46,9 @@ capture of the chunk step in CUDA graphs (one graph per fill phase plus the stea
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from stream_r1_fast.cache.base import CachePolicy, StreamingKVCache
+from stream_r1_fast.ops.dense_attention import attention, choose_backend
 from stream_r1_fast.ops.ema_cache_ref import fold_group
 from stream_r1_fast.ops.rope import rope_angles, rope_axis_dims
 
@@ -112,6 +112,11 @@ class RotatedSinkKVCache(StreamingKVCache):
         self._dt = rope_axis_dims(head_dim)[0]
         ang_t = rope_angles(torch.arange(-n, 1, device=dev), 1, 1, head_dim, self.rope_theta)[:, : self._dt // 2]
         self._cos_t, self._sin_t = ang_t.cos().to(cd), ang_t.sin().to(cd)  # row r: a move by r - N frames
+        # The attention backend of every (occupied, chunk) shape a stream of full chunks meets,
+        # measured once per process and shape (ops/dense_attention.py); others use SDPA's choice.
+        f, p = self.chunk_frames, self.tokens_per_frame
+        self._attention = {(lk - f, f): choose_backend(batch_size, f * p, lk * p, heads, head_dim, dtype, dev)
+                           for lk in self.fill_lengths()}
 
     @classmethod
     def _model_options(cls, model, policy: CachePolicy, chunk_frames: int | None) -> dict:
@@ -192,10 +197,8 @@ class RotatedSinkKVCache(StreamingKVCache):
             values_all[:, m : m + f].copy_(v.reshape(b, f, p, h, d))
             keys = keys_all[:, : m + f].flatten(1, 2)
             values = values_all[:, : m + f].flatten(1, 2)
-        o = F.scaled_dot_product_attention(
-            qr.transpose(1, 2), keys.to(qr.dtype).transpose(1, 2), values.to(qr.dtype).transpose(1, 2)
-        )
-        return o.transpose(1, 2)
+            return attention(qr, keys.to(qr.dtype), values.to(qr.dtype), self._attention.get((m, f), "sdpa"))
+        return attention(qr, keys.to(qr.dtype), values.to(qr.dtype))  # with grad: SDPA's own choice
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Enter a chunk's K/V [B, Fq * P, heads, D] into block ``layer``'s buffer, in place:
