@@ -1,4 +1,4 @@
-"""Distribution Matching Distillation: the generator's DMD loss and the critic's loss.
+"""Distribution Matching Distillation: the student's DMD loss and the critic's loss.
 
 Pure functions; the score networks come in as callables ``score(x_t, t) -> v`` that predict
 the flow-matching velocity ``v = eps - x0`` of latents ``x_t`` [B, C, F, H, W] at timesteps
@@ -69,7 +69,7 @@ def dmd_gradient(
     guidance_scale: float = 3.0,
     **noise,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The DMD gradient ``g`` of generator samples ``x`` [B, C, F, H, W] (no grad).
+    """The DMD gradient ``g`` of student samples ``x`` [B, C, F, H, W] (no grad).
 
     ``x_t = noise(x, eps, t)``; ``x0_real = f(x_t, c) + guidance * (f(x_t, c) - f(x_t, neg))``;
     ``x0_fake = f_fake(x_t, c)``; ``g = (x0_fake - x0_real) / mean_{c,f,h,w} |x - x0_real|``
@@ -105,7 +105,7 @@ def dmd_loss(x: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None = No
 
 
 def critic_loss(fake: Score, x: torch.Tensor, **noise) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Flow-matching denoising loss of the critic on detached generator samples x:
+    """Flow-matching denoising loss of the critic on detached student samples x:
     ``mean((f_fake(x_t, t) - (eps - x))^2)`` (float32), ``t`` and ``eps`` given or drawn as
     :func:`draw_noise` (its keywords). Returns ``(loss, {"t": t})``."""
     x = x.detach().float()

@@ -1,4 +1,4 @@
-"""Self-Forcing backward simulation: the generator makes a whole video from noise, chunk by
+"""Self-Forcing backward simulation: the student makes a whole video from noise, chunk by
 chunk, with its own KV cache (:func:`training_cache_policy`) and the inference sampler's schedule (the same
 cache classes — :class:`~stream_r1_fast.cache.SinkKVCache` by default, ``cache_impl="rotated"`` for
 :class:`~stream_r1_fast.cache.RotatedSinkKVCache` — and ``forward_chunk`` code paths as
@@ -70,7 +70,7 @@ def self_forcing_rollout(
     ``cache_impl``: ``"fused"`` (:class:`~stream_r1_fast.cache.SinkKVCache`), ``"rotated"``
     (:class:`~stream_r1_fast.cache.RotatedSinkKVCache`) or a cache class; same semantics.
     Returns latents [B, C, num_chunks * chunk_frames, h, w] (float32) whose graph reaches the
-    generator's parameters through the step-``exit_step`` forward of every chunk.
+    student's parameters through the step-``exit_step`` forward of every chunk.
     """
     steps = sampler.timesteps
     if not 0 <= exit_step < len(steps):

@@ -6,7 +6,7 @@ A weighting turns a decoded rollout into loss weights ``W`` [B, 1, F, h, w] (bro
 latent channels) that :func:`stream_r1_fast.training.dmd.dmd_loss` multiplies in:
 ``L = 0.5 * mean(W * (x - sg(x - g))^2)`` = ``0.5 * mean_b W_inter[b] * mean(W_intra[b] * ...)``.
 The reward pass and the saliency backward run on a detached copy of the decoded video, so
-they never touch the generator's graph; every weight is a constant.
+they never touch the student's graph; every weight is a constant.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def reward_saliency(reward_model: RewardModel, video: torch.Tensor, prompts: Seq
 
 
 class Weighting:
-    """Computes the loss weights of one generator step (and owns the balance history)."""
+    """Computes the loss weights of one student step (and owns the balance history)."""
 
     def __init__(self, config: WeightingConfig, reward_model: RewardModel | None = None,
                  vae_factors: tuple[int, int] = WAN_VAE_FACTORS):
