@@ -109,12 +109,12 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
 def print_table(rows: list[Timing], baseline: str) -> None:
     """One line per variant with its speed-up over ``baseline`` at the same shape."""
     base = {(r.op, r.shape): r.median_ms for r in rows if r.variant == baseline}
-    print(f"{'op':<18}{'shape':<34}{'variant':<22}{'median ms':>11}{'p20':>9}{'p80':>9}{'vs ' + baseline:>18}  extra")
+    print(f"{'op':<23}{'shape':<34}{'variant':<22}{'median ms':>11}{'p20':>9}{'p80':>9}{'vs ' + baseline:>18}  extra")
     for r in rows:
         ref = base.get((r.op, r.shape))
         speed = f"{ref / r.median_ms:.2f}x" if ref else "-"
         extra = " ".join(f"{k}={v}" for k, v in r.extra.items())
-        print(f"{r.op:<18}{r.shape:<34}{r.variant:<22}{r.median_ms:>11.3f}{r.p20_ms:>9.3f}{r.p80_ms:>9.3f}{speed:>18}  {extra}")
+        print(f"{r.op:<23}{r.shape:<34}{r.variant:<22}{r.median_ms:>11.3f}{r.p20_ms:>9.3f}{r.p80_ms:>9.3f}{speed:>18}  {extra}")
 
 
 def write_json(name: str, rows: list[Timing], device: torch.device) -> Path:
@@ -146,6 +146,7 @@ def script_main(name: str, run: Callable[[torch.device], list[Timing]], baseline
     args = parser.parse_args()
     device = torch.device(args.device) if args.device else default_device()
     print(f"device: {device_name(device)}")
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in environment().items()))
     rows = run(device)
     print_table(rows, baseline=baseline)
     print(f"wrote {write_json(name, rows, device)}")

@@ -19,6 +19,7 @@ SUITE = [
     ("bench_sink_attention", "sink_attention", "rf_style"),
     ("bench_attention_backends", "attention_backends", "sdpa_default"),
     ("bench_ema_cache", "ema_cache", "rf_shift"),
+    ("bench_rotated_cache", "rotated_cache", "reference"),
     ("bench_saliency", "saliency", "reference"),
     ("bench_nvrtc", "nvrtc", "compiled"),  # CUDA only: run-time compiled kernels vs nvcc's
 ]

@@ -28,6 +28,18 @@ TORCH_LIBRARY(stream_r1_fast, m) {
       "ema_cache_update(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_pos, "
       "Tensor(d!) state, Tensor k_new, Tensor v_new, int sink_size, float alpha) -> ()");
 
+  // In place, once per chunk, on one block's buffers of RotatedSinkKVCache ([B, N, P, H, D],
+  // age ordered, keys stored rotated at their slot): with m = occupied frames and F chunk
+  // frames, E = max(0, m + F - sink_size - window) evicted (slots [S, S + E)) are EMA-folded
+  // into the sink in rotated space (ema_fold_group's groups; keys turned to the sink frame's
+  // position), the survivors [S + E, m) move to [S, m - E) with their temporal RoPE pairs
+  // turned by -E, and the chunk (k_new pre-RoPE, [B, F * P, H, D]) is written at
+  // [m - E, m - E + F), keys rotated there. cos, sin: [N * P, D / 2] tables of every slot's
+  // 3-D RoPE angles in the compute dtype (float32; float64 for float64 buffers).
+  m.def(
+      "rotated_cache_advance(Tensor(a!) keys, Tensor(b!) values, Tensor k_new, Tensor v_new, "
+      "Tensor cos, Tensor sin, int occupied, int sink_size, int window, float alpha) -> ()");
+
   // Reward-gradient saliency -> spatio-temporal loss weights on the latent grid.
   // saliency: per-axis pixel gradients [A, B, T, C, H, W], or one fused map [B, T, H, W].
   // axis_weights: float [A] or [B, A] (ignored, and may be empty, for a fused map).
@@ -54,9 +66,14 @@ TORCH_LIBRARY(stream_r1_fast, m) {
       "saliency_weights_plan(Tensor saliency, Tensor axis_weights, str mode, "
       "int temporal_factor, int spatial_factor, float tau_floor, float sigma_floor, "
       "float gamma_t, float gamma_s) -> (Tensor[], Tensor[], Tensor, int[])");
+  m.def(
+      "rotated_cache_advance_plan(Tensor keys, Tensor values, Tensor k_new, Tensor v_new, "
+      "Tensor cos, Tensor sin, int occupied, int sink_size, int window, float alpha) "
+      "-> (Tensor[], Tensor[], Tensor, int[])");
   m.def("sink_attention_kernels() -> (str[], int)");
   m.def("ema_cache_update_kernels() -> (str[], int)");
   m.def("saliency_weights_kernels() -> (str[], int)");
+  m.def("rotated_cache_advance_kernels() -> (str[], int)");
 }
 
 // Importing `stream_r1_fast._C` runs the static registrations above; the module itself is

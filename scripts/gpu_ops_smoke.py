@@ -15,8 +15,10 @@ import sys
 import torch
 
 import stream_r1_fast
-from stream_r1_fast.ops import ema_cache_update, new_sink_cache, saliency_weights, sink_attention
+from stream_r1_fast.ops import ema_cache_update, new_sink_cache, rotated_cache_advance, saliency_weights, sink_attention
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
+from stream_r1_fast.ops.rope import rope_tables
+from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
 from stream_r1_fast.ops.saliency_ref import saliency_weights_ref
 from stream_r1_fast.ops.sink_attention_ref import sink_attention_ref
 
@@ -57,8 +59,24 @@ def check_saliency(g: torch.Generator, dev: str) -> float:
     return max((a - b).abs().max().item() for a, b in zip(got, want))
 
 
+def check_rotated_cache(g: torch.Generator, dev: str) -> float:
+    sink, window, grid, heads, d, chunk = 2, 5, (3, 5), 2, 128, 3  # E 2 then 3 != S: the group-mean fold
+    n, p = sink + window + chunk, grid[0] * grid[1]
+    ours = [torch.randn(2, n, p, heads, d, generator=g, device=dev).to(torch.bfloat16) for _ in "kv"]
+    ref = [t.clone() for t in ours]
+    cos, sin = rope_tables(n, *grid, d, 10000.0, torch.bfloat16, dev)
+    m = 0
+    for _ in range(5):  # fill, the first overflow, then the steady state
+        k_new, v_new = (torch.randn(2, chunk * p, heads, d, generator=g, device=dev).to(torch.bfloat16) for _ in "kv")
+        rotated_cache_advance(*ours, k_new, v_new, cos, sin, m, sink, window, 0.9)
+        rotated_cache_advance_ref(*ref, k_new, v_new, cos, sin, m, sink, window, 0.9)
+        m = min(m + chunk, sink + window)
+    return max((a.float() - b.float()).abs().max().item() for a, b in zip(ours, ref))
+
+
+# rotated_cache_advance: bf16 buffers, a bf16 ulp or two at |x| < 8 at most.
 CHECKS = {"sink_attention": (check_sink_attention, 2e-2), "ema_cache_update": (check_ema_cache, 1e-5),
-          "saliency_weights": (check_saliency, 1e-4)}
+          "saliency_weights": (check_saliency, 1e-4), "rotated_cache_advance": (check_rotated_cache, 7.5e-2)}
 
 
 def main() -> int:
@@ -81,10 +99,10 @@ def main() -> int:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             good = err <= tol
-            print(f"{name:>17}: max |op - reference| = {err:.3e} (tolerance {tol:g}) {'OK' if good else 'FAIL'}")
+            print(f"{name:>21}: max |op - reference| = {err:.3e} (tolerance {tol:g}) {'OK' if good else 'FAIL'}")
         except Exception as exc:  # report every op, then fail
             good = False
-            print(f"{name:>17}: ERROR {type(exc).__name__}: {exc}")
+            print(f"{name:>21}: ERROR {type(exc).__name__}: {exc}")
         ok &= good
     return 0 if ok else 1
 

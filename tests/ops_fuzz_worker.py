@@ -20,6 +20,8 @@ ARG_NAMES = {
                        "scale", "rope_theta"),
     "saliency_weights": ("saliency", "axis_weights", "mode", "temporal_factor", "spatial_factor",
                          "tau_floor", "sigma_floor", "gamma_t", "gamma_s"),
+    "rotated_cache_advance": ("keys", "values", "k_new", "v_new", "cos", "sin", "occupied", "sink_size", "window",
+                              "alpha"),
 }
 ALLOWED = (RuntimeError, ValueError, TypeError)
 
@@ -93,8 +95,9 @@ def run_case(case: dict) -> str | None:
         return None
     import torch
 
-    from stream_r1_fast.ops import ema_cache_update, saliency_weights, sink_attention
+    from stream_r1_fast.ops import ema_cache_update, rotated_cache_advance, saliency_weights, sink_attention
     from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
+    from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
     from stream_r1_fast.ops.saliency_ref import saliency_weights_ref
     from stream_r1_fast.ops.sink_attention_ref import sink_attention_ref
 
@@ -112,7 +115,7 @@ def run_case(case: dict) -> str | None:
     before = [a.clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in args]
     fn = getattr(torch.ops.stream_r1_fast, op) if call == "direct" else {
         "ema_cache_update": ema_cache_update, "sink_attention": sink_attention,
-        "saliency_weights": saliency_weights}[op]
+        "saliency_weights": saliency_weights, "rotated_cache_advance": rotated_cache_advance}[op]
     try:
         result = fn(*args, **kwargs)
     except ALLOWED as exc:
@@ -133,6 +136,14 @@ def run_case(case: dict) -> str | None:
             ema_cache_update_ref(*before[:6], before[6], float(before[7]))
             rtol, atol = _tolerance(before[0].dtype)
             for i, name in enumerate(("k_cache", "v_cache", "cache_pos", "state")):
+                problem = _close(args[i], before[i], name, rtol, atol)
+                if problem:
+                    return problem
+            return None
+        if op == "rotated_cache_advance":
+            rotated_cache_advance_ref(*before[:9], float(before[9]))
+            rtol, atol = _tolerance(before[0].dtype)
+            for i, name in enumerate(("keys", "values")):
                 problem = _close(args[i], before[i], name, rtol, atol)
                 if problem:
                     return problem

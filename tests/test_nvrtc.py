@@ -27,6 +27,8 @@ from stream_r1_fast._backend import BACKEND_ENV, EXTENSION_ENV
 from stream_r1_fast.nvrtc import _compile, _launch
 from stream_r1_fast.ops.ema_cache import new_sink_cache
 from test_ema_cache import _chunk, cache_cases
+from test_rotated_cache_advance import Buffers, advance_cases
+from test_rotated_cache_advance import _chunk as advance_chunk
 from test_saliency import problems
 from test_sink_attention import attention_cases, make_inputs
 
@@ -255,6 +257,11 @@ PARAMS_FIELDS = {
         **{f: _I64 for f in ("A", "B", "T", "C", "H", "W", "F", "h", "w", "tf", "sf")},
         mode=_I32, tau_floor=_F32, sigma_floor=_F32, gamma_t=_F32, gamma_s=_F32, weights=_PTR,
         tau=_PTR, sigma=_PTR, frame_mean=_PTR, sigma_sum=_PTR),
+    "rotated_cache_advance": dict(
+        keys=_PTR, values=_PTR, k_new=_PTR, v_new=_PTR, cos=_PTR, sin=_PTR,
+        **{f: _I64 for f in ("batch", "capacity", "tokens", "heads", "head_dim", "frame_elems", "occupied",
+                             "sink_size", "window", "new_frames")},
+        alpha=_F64, one_minus_alpha=_F64, dtype=_I32),
 }
 
 
@@ -444,6 +451,39 @@ def test_ema_cache_plan_round_trips(monkeypatch, cxx_layout, dtype):
 
 
 @needs_extension
+@pytest.mark.parametrize("dtype, offset, width", [
+    (torch.float32, 0, 16), (torch.bfloat16, 0, 16), (torch.float16, 0, 16), (torch.float64, 0, 16),
+    (torch.float32, 2, 8), (torch.bfloat16, 1, 2), (torch.float64, 1, 8)], ids=str)
+def test_rotated_cache_plan_round_trips(monkeypatch, cxx_layout, dtype, offset, width):
+    """One kernel of the dtype at the widest access the head size and addresses allow (chunks
+    ``offset`` elements past an aligned address narrow it), over (tensor, batch) rows and the
+    frame's columns, on the params of these tensors and host integers."""
+    from stream_r1_fast.ops.rope import rope_tables
+
+    launches = _stub_launches(monkeypatch)
+    b, n, p, h, d = 3, 7, 5, 2, 40
+    keys, values = torch.randn(2, b, n, p, h, d).to(dtype)
+    cos, sin = rope_tables(n, 1, 5, d, 1e4, dtype)
+    k_new = torch.randn(b * 2 * p * h * d + offset).to(dtype)[offset:].view(b, 2 * p, h, d)
+    v_new = k_new.clone()
+    args = (keys, values, k_new, v_new, cos, sin, 4, 1, 3, 0.7)
+    assert _launch.run("rotated_cache_advance", *args, device_type="cpu") is None
+    (advance,) = launches
+    ctype = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16",
+             torch.float64: "double"}[dtype]
+    assert advance.name == f"srf::rotated_cache::advance_kernel<{ctype}, {width}>"
+    per_thread = max(2, width // dtype.itemsize)
+    assert advance.grid == (-(-p * h * d // per_thread // 256), 2 * b, 1) and advance.block == (256, 1, 1)
+    got = _decode(cxx_layout, "rotated_cache_advance", advance.args[0].tobytes())
+    assert [got[f] for f in ("keys", "values", "k_new", "v_new", "cos", "sin")] == [
+        t.data_ptr() for t in (keys, values, k_new, v_new, cos, sin)]
+    assert [got[f] for f in ("batch", "capacity", "tokens", "heads", "head_dim", "frame_elems", "occupied",
+                             "sink_size", "window", "new_frames")] == [b, n, p, h, d, p * h * d, 4, 1, 3, 2]
+    assert (got["alpha"], got["one_minus_alpha"]) == (0.7, 1 - 0.7)
+    assert got["dtype"] == {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}[dtype]
+
+
+@needs_extension
 @pytest.mark.parametrize("mode", ["vae", "trilinear"])
 def test_saliency_plan_round_trips(monkeypatch, cxx_layout, mode):
     launches = _stub_launches(monkeypatch)
@@ -532,7 +572,8 @@ def test_ops_own_tests_pass_on_nvrtc_path(tmp_path):
                   "assert i.cuda_path == 'nvrtc', i"], **env)
     assert probe.returncode == 0, probe.stderr
     res = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
-                *(str(TESTS_DIR / f"test_{op}.py") for op in ("ema_cache", "saliency", "sink_attention"))],
+                *(str(TESTS_DIR / f"test_{op}.py")
+                  for op in ("ema_cache", "saliency", "sink_attention", "rotated_cache_advance"))],
                **env)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert " passed" in res.stdout and list((tmp_path / "cache").glob("*.cubin")), res.stdout[-2000:]
@@ -580,6 +621,24 @@ def test_ema_cache_fold_at_every_sink_length_agrees_with_compiled(sink_size, win
         _launch.launcher("ema_cache_update")(*ours, k_new, v_new, sink_size, 0.7)
     for got, want in zip(ours, compiled):
         assert torch.equal(got, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=advance_cases())
+def test_rotated_cache_agrees_with_compiled(case):
+    _needs_compiled("rotated_cache_advance")
+    gen = torch.Generator().manual_seed(case["seed"])
+    compiled = Buffers(case["batch"], case["grid"], case["heads"], case["head_dim"], case["sink"], case["window"],
+                       case["chunk"], case["dtype"], "cuda", gen)
+    ours = (compiled.keys.clone(), compiled.values.clone())
+    m = case["start"]
+    for f in case["frames"]:
+        k_new, v_new = advance_chunk(compiled, f, gen)
+        torch.ops.stream_r1_fast.rotated_cache_advance(*compiled.args(k_new, v_new, m, case["alpha"]))
+        _launch.launcher("rotated_cache_advance")(*ours, *compiled.args(k_new, v_new, m, case["alpha"])[2:])
+        m = min(m + f, case["sink"] + case["window"])
+    for got, want in zip(ours, (compiled.keys, compiled.values)):
+        assert torch.equal(got, want)  # same kernels, explicit rounding: bit for bit
 
 
 @settings(max_examples=20, deadline=None)

@@ -1,4 +1,4 @@
-"""Hostile inputs for the three ops, each call in a child process (ops_fuzz_worker.py) so that
+"""Hostile inputs for the four ops, each call in a child process (ops_fuzz_worker.py) so that
 a crash (SIGFPE, SIGSEGV, abort) is a test failure rather than the end of the test run.
 
 Whatever the arguments (bad dtypes, ranks, shapes, non-contiguous strides, a tensor on
@@ -103,6 +103,14 @@ def _sal_args(**over):
     return args
 
 
+def _rot_args(**over):
+    args = [T((1, 7, 3, 2, 8)), T((1, 7, 3, 2, 8)), T((1, 6, 2, 8)), T((1, 6, 2, 8)), T((21, 4)), T((21, 4)),
+            5, 2, 3, 0.9]
+    for i, v in over.items():
+        args[int(i[1:])] = v
+    return args
+
+
 REGRESSIONS = {
     "sink_attention grid 2^32 x 2^32 (product wraps to 0)":
         dict(op="sink_attention", call="direct", args=_attn_args(2**32, 2**32)),
@@ -173,6 +181,23 @@ REGRESSIONS = {
         dict(op="saliency_weights", call="direct", args=_sal_args(a0=T((3, 2, 9, 3, 16, 16), "float16", fill="inf"))),
     "saliency_weights one pixel":
         dict(op="saliency_weights", call="direct", args=_sal_args(a0=T((1, 1, 1, 1, 1, 1)), a1=T((1,)))),
+    "rotated_cache_advance one meta table":
+        dict(op="rotated_cache_advance", call="direct", args=_rot_args(a5=T((21, 4), device="meta"))),
+    "rotated_cache_advance sink_size 2^63-1 (sink + window would wrap)":
+        dict(op="rotated_cache_advance", call="direct", args=_rot_args(a7=2**63 - 1)),
+    "rotated_cache_advance window 2^63-1, wrapper":
+        dict(op="rotated_cache_advance", call="wrapper", args=_rot_args(a8=2**63 - 1)),
+    "rotated_cache_advance huge empty buffers":
+        dict(op="rotated_cache_advance", call="direct", args=_rot_args(
+            a0=T((0, 7, 2**31, 2**31, 4)), a1=T((0, 7, 2**31, 2**31, 4)), a2=T((0, 2**32, 2**31, 4)),
+            a3=T((0, 2**32, 2**31, 4)))),
+    "rotated_cache_advance empty batch":
+        dict(op="rotated_cache_advance", call="direct", args=_rot_args(
+            a0=T((0, 7, 3, 2, 8)), a1=T((0, 7, 3, 2, 8)), a2=T((0, 6, 2, 8)), a3=T((0, 6, 2, 8)))),
+    "rotated_cache_advance inf and nan values":
+        dict(op="rotated_cache_advance", call="direct", args=_rot_args(
+            a0=T((1, 7, 3, 2, 8), "bfloat16", fill="nan"), a1=T((1, 7, 3, 2, 8), "bfloat16", fill="inf"),
+            a2=T((1, 6, 2, 8), "bfloat16", fill=[1e30, -1e30]), a3=T((1, 6, 2, 8), "bfloat16"))),
     "sink_attention all meta (shape propagation)":
         dict(op="sink_attention", call="direct", args=[
             {**a, "device": "meta"} if isinstance(a, dict) else a for a in _attn_args()]),
@@ -222,7 +247,8 @@ def tensor_mutation(draw, spec: dict) -> dict:
 def scalar_mutation(name: str):
     ints = st.sampled_from(INT_EDGES + BAD_SCALARS)
     floats = st.sampled_from([0.0, 1.0, 0.5, -0.1, 1.1, 2**63, 1e-30] + BAD_SCALARS)
-    return ints if name in ("sink_size", "grid_h", "grid_w", "temporal_factor", "spatial_factor") else (
+    return ints if name in ("sink_size", "grid_h", "grid_w", "temporal_factor", "spatial_factor", "occupied",
+                            "window") else (
         st.sampled_from(["vae", "trilinear", "nearest", "", None, 3]) if name == "mode" else floats)
 
 
@@ -230,12 +256,14 @@ BASES = {
     "ema_cache_update": _ema_args,
     "sink_attention": _attn_args,
     "saliency_weights": _sal_args,
+    "rotated_cache_advance": _rot_args,
 }
 SCALAR_NAMES = {
     "ema_cache_update": {6: "sink_size", 7: "alpha"},
     "sink_attention": {7: "grid_h", 8: "grid_w", 9: "scale", 10: "rope_theta"},
     "saliency_weights": {2: "mode", 3: "temporal_factor", 4: "spatial_factor", 5: "tau_floor",
                          6: "sigma_floor", 7: "gamma_t", 8: "gamma_s"},
+    "rotated_cache_advance": {6: "occupied", 7: "sink_size", 8: "window", 9: "alpha"},
 }
 
 
@@ -247,6 +275,8 @@ def cases(draw) -> dict:
         # A full cache, so that a valid call evicts and folds (sink 2, W 3: state (2, r, 3, 5)).
         args[3] = T((4,), "int32", fill=[2, draw(st.integers(0, 2)), 3, 5])
         args[4] = args[5] = T((1, 3 * draw(st.integers(1, 3)), 2, 8))
+    if op == "rotated_cache_advance" and draw(st.booleans()):
+        args[6] = draw(st.integers(0, 5))  # every fill state of sink 2, window 3, chunks of 2
     if op == "saliency_weights" and draw(st.booleans()):
         args[0] = T((1, 5, 7, 9), fill="rand")  # a fused map
     for _ in range(draw(st.integers(0, 3))):

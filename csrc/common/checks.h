@@ -51,6 +51,14 @@ inline void check_float_dtype(const at::Tensor& t, const char* name) {
               " must be float32, float16 or bfloat16, got ", st);
 }
 
+// The same, float64 included where the op's kernels also compute in double.
+inline void check_float_dtype(const at::Tensor& t, const char* name, bool with_float64) {
+  if (!with_float64) return check_float_dtype(t, name);
+  auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, name,
+              " must be float32, float16, bfloat16 or float64, got ", st);
+}
+
 inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* name,
                              const char* ref_name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name,

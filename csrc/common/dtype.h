@@ -11,6 +11,7 @@ inline DType dtype_code(at::ScalarType st) {
     case at::kFloat: return DType::kFloat32;
     case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
+    case at::kDouble: return DType::kFloat64;  // ops whose entry points accept it (rotated_cache)
     default: TORCH_CHECK(false, "unsupported dtype ", st);
   }
 }

@@ -3,5 +3,5 @@
 #pragma once
 
 namespace srf {
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 }  // namespace srf

@@ -199,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> saliency_weights_cpu(
     case DType::kFloat32: run<float>(prep.params); break;
     case DType::kFloat16: run<c10::Half>(prep.params); break;
     case DType::kBFloat16: run<c10::BFloat16>(prep.params); break;
+    case DType::kFloat64: break;  // refused by saliency_torch.h's checks
   }
   return {prep.outputs[0], prep.outputs[1], prep.outputs[2]};
 }

@@ -21,7 +21,9 @@ docs/method.md):
   pre-RoPE fold seen through RoPE), the surviving window frames move down E slots with
   their temporal pairs re-rotated by -E, and the chunk is written at ``[m - E, m - E + C)``
   rotated at its final positions. Only the temporal pairs (22 of 64 at head dim 128) change
-  on a move; the spatial ones are copied.
+  on a move; the spatial ones are copied. All of it is one call of the fused op
+  :func:`~stream_r1_fast.ops.rotated_cache_advance` per block (its semantics:
+  ``ops/rotated_cache_ref.py``).
 
 Everything that decides the layout is one host integer, ``m`` (frames occupied before the
 chunk), which follows ``m <- min(m + C, S + W)`` chunk after chunk, exactly the fill and
@@ -38,9 +40,9 @@ frame is re-rotated once per slide, so in bf16 the keys differ from the pre-RoPE
 on-the-fly rotation by a few bf16 roundings (float32: ~1e-6); tests/test_rotated_cache.py
 states the tolerances.
 
-Not yet here (later steps): a fused cache-advance kernel (fold + move + re-rotation in one
-pass instead of a handful of PyTorch ops), a FlashAttention-2-class kernel of our own, and
-capture of the chunk step in CUDA graphs (one graph per fill phase plus the steady state).
+Not yet here (a later step): a FlashAttention-2-class kernel of our own. (The advance is the
+fused :func:`~stream_r1_fast.ops.rotated_cache_advance`, one call per block per refresh; the
+chunk step's CUDA-graph capture is ``cuda_graphs=True``, inference/graphs.py.)
 """
 
 from __future__ import annotations
@@ -49,19 +51,9 @@ import torch
 
 from stream_r1_fast.cache.base import CachePolicy, StreamingKVCache
 from stream_r1_fast.ops.dense_attention import attention, choose_backend
-from stream_r1_fast.ops.ema_cache_ref import fold_group
-from stream_r1_fast.ops.rope import rope_angles, rope_axis_dims
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Adjacent pairs of x [..., 2n] (already in the compute dtype) turned by cos/sin [..., n]."""
-    x2 = x.unflatten(-1, (-1, 2))
-    x0, x1 = x2[..., 0], x2[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+from stream_r1_fast.ops.rope import compute_dtype, rope_tables
+from stream_r1_fast.ops.rotated_cache import rotated_cache_advance
+from stream_r1_fast.ops.rotated_cache_ref import evicted_frames, rotate_rows
 
 
 class RotatedSinkKVCache(StreamingKVCache):
@@ -103,19 +95,14 @@ class RotatedSinkKVCache(StreamingKVCache):
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.num_layers)]
         self.occupied = 0  # frames held before the current chunk (host int, never read from the device)
         self._next_update = 0  # the block whose update comes next on a refresh
-        # RoPE tables, once: every slot's full angles (a chunk's q/k), and the temporal angles of
-        # the moves -N..0 (re-rotation of moved frames and the fold), cos/sin in the compute dtype.
-        cd = _compute_dtype(dtype)
-        dev = self.keys[0].device
-        ang = rope_angles(torch.arange(n, device=dev), *self.grid, head_dim, self.rope_theta)  # [N*P, D/2]
-        self._cos, self._sin = ang.cos().to(cd), ang.sin().to(cd)
-        self._dt = rope_axis_dims(head_dim)[0]
-        ang_t = rope_angles(torch.arange(-n, 1, device=dev), 1, 1, head_dim, self.rope_theta)[:, : self._dt // 2]
-        self._cos_t, self._sin_t = ang_t.cos().to(cd), ang_t.sin().to(cd)  # row r: a move by r - N frames
+        # RoPE tables, once: every slot's full angles (a chunk's q/k; their temporal part at row
+        # n * P is also the move of a frame by n slots), cos/sin in the compute dtype.
+        self._cos, self._sin = rope_tables(n, *self.grid, head_dim, self.rope_theta, dtype, self.keys[0].device)
         # The attention backend of every (occupied, chunk) shape a stream of full chunks meets,
         # measured once per process and shape (ops/dense_attention.py); others use SDPA's choice.
         f, p = self.chunk_frames, self.tokens_per_frame
-        self._attention = {(lk - f, f): choose_backend(batch_size, f * p, lk * p, heads, head_dim, dtype, dev)
+        self._attention = {(lk - f, f): choose_backend(batch_size, f * p, lk * p, heads, head_dim, dtype,
+                                                       self.keys[0].device)
                            for lk in self.fill_lengths()}
 
     @classmethod
@@ -128,7 +115,7 @@ class RotatedSinkKVCache(StreamingKVCache):
     def evicted(self, frames: int | None = None) -> int:
         """Frames the next refresh of ``frames`` (default: chunk_frames) frames evicts."""
         f = self.chunk_frames if frames is None else frames
-        return max(0, self.occupied + f - self.policy.slots)
+        return evicted_frames(self.occupied, f, self.policy.sink_frames, self.policy.window_frames)
 
     def fill_lengths(self, frames: int | None = None) -> list[int]:
         """The key lengths (in frames, the chunk included) chunks of ``frames`` frames attend to,
@@ -153,19 +140,9 @@ class RotatedSinkKVCache(StreamingKVCache):
     def _rope(self, x: torch.Tensor, first: int, frames: int) -> torch.Tensor:
         """x [B, frames * P, H, D] rotated at positions first..first+frames-1 (result in x.dtype)."""
         p = self.tokens_per_frame
-        cd = _compute_dtype(x.dtype)
-        cos = self._cos[first * p : (first + frames) * p].to(cd)[None, :, None, :]
-        sin = self._sin[first * p : (first + frames) * p].to(cd)[None, :, None, :]
-        return _rotate_pairs(x.to(cd), cos, sin).to(x.dtype)
-
-    def _move_t(self, x: torch.Tensor, delta: int) -> torch.Tensor:
-        """Frames x [..., D] (rotated keys) moved by ``delta`` frames: the temporal pairs turned,
-        the spatial ones kept; in the compute dtype."""
-        cd = _compute_dtype(x.dtype)
-        row = self.capacity + delta
-        cos, sin = self._cos_t[row].to(cd), self._sin_t[row].to(cd)
-        xc = x.to(cd)
-        return torch.cat([_rotate_pairs(xc[..., : self._dt], cos, sin), xc[..., self._dt :]], dim=-1)
+        cd = compute_dtype(x.dtype)
+        rows = slice(first * p, (first + frames) * p)
+        return rotate_rows(x, self._cos[rows].to(cd), self._sin[rows].to(cd), 0)
 
     # ------------------------------------------------------------------ the KVCache protocol
 
@@ -202,56 +179,21 @@ class RotatedSinkKVCache(StreamingKVCache):
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Enter a chunk's K/V [B, Fq * P, heads, D] into block ``layer``'s buffer, in place:
-        fold and drop the evicted frames, move the survivors down, write the chunk."""
+        fold and drop the evicted frames, move the survivors down, write the chunk; one call of
+        the fused :func:`~stream_r1_fast.ops.rotated_cache_advance` (the kernel of the device,
+        else its PyTorch reference)."""
         if layer != self._next_update:
             raise RuntimeError(f"update of block {layer} out of order (block {self._next_update} is next)")
         m, f = self.occupied, self._frames(k)
-        s, slots = self.policy.sink_frames, self.policy.slots
-        e = max(0, m + f - slots)
+        policy = self.policy
         keys, values = self.keys[layer], self.values[layer]
-        b, _, p, h, d = keys.shape
-        if e > 0:
-            if s > 0 and float(self.policy.alpha) != 1.0:
-                self._fold(keys, rotate=True, evict=e)
-                self._fold(values, rotate=False, evict=e)
-            survivors = m - s - e  # window frames that stay, at slots [s + e, m)
-            if survivors > 0:
-                keys[:, s : m - e].copy_(self._move_t(keys[:, s + e : m], -e).to(keys.dtype))
-                values[:, s : m - e].copy_(values[:, s + e : m].clone())
-        start = m - e
-        keys[:, start : start + f].copy_(self._rope(k, start, f).reshape(b, f, p, h, d))
-        values[:, start : start + f].copy_(v.reshape(b, f, p, h, d))
+        rotated_cache_advance(keys, values, k.to(keys.dtype).contiguous(), v.to(values.dtype).contiguous(),
+                              self._cos, self._sin, m, policy.sink_frames, policy.window_frames,
+                              float(policy.alpha))
         self._next_update += 1
         if self._next_update == self.num_layers:
             self._next_update = 0
-            self.occupied = min(m + f, slots)
-
-    def _fold(self, buf: torch.Tensor, *, rotate: bool, evict: int) -> None:
-        """EMA fold of the ``evict`` oldest window frames (slots [S, S + evict)) into the sink
-        (slots [0, S)) of one block's buffer [B, N, P, H, D]: sink frame i takes the mean of its
-        group (:func:`~stream_r1_fast.ops.ema_cache_ref.fold_group`), keys first turned from the
-        evicted frame's position S + j to the sink frame's position i. The mean is a float32 sum
-        in group order divided by the group size, the blend float32, rounded once."""
-        s = self.policy.sink_frames
-        alpha = float(self.policy.alpha)
-        cd = _compute_dtype(buf.dtype)
-        if evict == s:  # the EMA-Sink default: frame for frame, every key moved by -S
-            ev = buf[:, s : 2 * s]
-            ev = self._move_t(ev, -s) if rotate else ev.to(cd)
-            buf[:, :s].copy_((alpha * buf[:, :s].to(cd) + (1.0 - alpha) * ev).to(buf.dtype))
-            return
-        folded = []
-        for i in range(s):
-            lo, hi = fold_group(i, evict, s)
-            mean = None
-            for j in range(lo, hi):
-                x = buf[:, s + j]
-                x = self._move_t(x, i - s - j) if rotate else x.to(cd)
-                mean = x if mean is None else mean + x
-            if hi - lo > 1:
-                mean = mean / torch.full_like(mean, float(hi - lo))
-            folded.append(alpha * buf[:, i].to(cd) + (1.0 - alpha) * mean)
-        buf[:, :s].copy_(torch.stack(folded, dim=1).to(buf.dtype))
+            self.occupied = min(m + f, policy.slots)
 
     # ------------------------------------------------------------------ housekeeping
 

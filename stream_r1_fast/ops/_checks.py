@@ -13,6 +13,7 @@ import torch
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the kernels compute in
+FLOAT_DTYPES_AND_64 = (*FLOAT_DTYPES, torch.float64)  # rotated_cache_advance's kernels
 
 
 def _type_name(x: object) -> str:
@@ -34,10 +35,17 @@ def check_same_device(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor)
             raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
 
 
-def check_float_dtypes(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor) -> None:
-    """``ref`` in one of the kernels' FLOAT_DTYPES, every other tensor in its dtype."""
-    if ref.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{ref_name} must be float32, float16 or bfloat16, got {ref.dtype}")
+def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def check_float_dtypes(ref_name: str, ref: torch.Tensor, *, allowed: tuple[torch.dtype, ...] = FLOAT_DTYPES,
+                       **tensors: torch.Tensor) -> None:
+    """``ref`` in one of the kernels' dtypes (``allowed``: FLOAT_DTYPES, or FLOAT_DTYPES_AND_64
+    for ops whose kernels also compute in double), every other tensor in its dtype."""
+    if ref.dtype not in allowed:
+        raise ValueError(f"{ref_name} must be {_dtype_names(allowed)}, got {ref.dtype}")
     for name, t in tensors.items():
         if t.dtype != ref.dtype:
             raise ValueError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")

@@ -49,3 +49,21 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor, compute_dtype: torch.dtype
     x0, x1 = xc[..., 0], xc[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype RoPE is computed in for tensors of ``dtype``: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rope_tables(
+    frames: int, grid_h: int, grid_w: int, head_dim: int, theta: float, dtype: torch.dtype, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [frames * grid_h * grid_w, head_dim // 2] of the frames at positions
+    0..frames-1 (float64 angles, rounded once to ``compute_dtype(dtype)``): row ``s * P + p`` is
+    token ``p`` of the frame at position ``s``. A frame's temporal angles at position ``n`` are
+    those of a move by ``n`` frames, so the same table turns frames by any whole number of
+    frames below ``frames`` (the sine negated for a move back)."""
+    ang = rope_angles(torch.arange(frames, device=device), grid_h, grid_w, head_dim, theta)
+    cd = compute_dtype(dtype)
+    return ang.cos().to(cd), ang.sin().to(cd)
