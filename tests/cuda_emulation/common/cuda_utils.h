@@ -1,0 +1,39 @@
+// Host stand-ins for the CUDA built-ins of the kernel headers, so that a kernel's device code
+// compiles with the host compiler and runs thread by thread on the CPU (tests/test_cuda_emulation.py).
+// Shadows csrc/common/cuda_utils.h by coming first on the include path; float and double only.
+#pragma once
+#include <cstdint>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+
+struct EmuDim {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline EmuDim threadIdx, blockIdx, gridDim, blockDim;
+
+// Rounded IEEE operations (the harness is compiled with -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+
+struct __half {};  // named by the kernel name tables, never instantiated here
+struct __nv_bfloat16 {};
+
+namespace srf {
+template <typename T>
+inline float to_float(T x);
+template <>
+inline float to_float<float>(float x) { return x; }
+template <typename T>
+inline T from_float(float x);
+template <>
+inline float from_float<float>(float x) { return x; }
+}  // namespace srf
