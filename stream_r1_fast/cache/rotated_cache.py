@@ -12,8 +12,9 @@ docs/method.md):
 * Keys are stored already rotated at their current position (values as they are). A chunk's
   q and k are rotated once per forward from a precomputed cos/sin table (float32 math,
   float64 angles, result in the input dtype, as ``sink_attention_ref``), its K/V are written
-  at slot ``m`` and attention is ``scaled_dot_product_attention(q, K[:m+C], V[:m+C])``: no
-  mask, no rotation inside the attention, one dense call (cuDNN / flash on GPU).
+  at slot ``m`` and attention is one dense call ``attention(q, K[:m+C], V[:m+C])``: no mask,
+  no rotation inside the attention, on the backend measured fastest for the shape
+  (:mod:`stream_r1_fast.ops.dense_attention`: SDPA, cuDNN, flash, FlashAttention-3 / -2).
 * The refresh (:meth:`update`) advances the buffer. With E = max(0, m + C - S - W) frames
   to evict (the oldest window frames, slots ``[S, S + E)``): they are EMA-folded into the
   sink in rotated space (evicted frame j, at position S + j, turned to sink frame i's
@@ -59,7 +60,7 @@ from stream_r1_fast.ops.rotated_cache_ref import evicted_frames, rotate_rows
 class RotatedSinkKVCache(StreamingKVCache):
     """KV cache of all blocks of a :class:`~stream_r1_fast.models.CausalWanTransformer` for a
     batch of streams (the :class:`~stream_r1_fast.models.KVCache` protocol), keys stored
-    rotated in an age-ordered buffer, attention by ``scaled_dot_product_attention``.
+    rotated in an age-ordered buffer, attention one dense call on the measured-fastest backend.
 
     Tensors (fixed size, allocated once): ``keys``/``values``, lists of one [B, N, P, heads,
     head_dim] tensor per block with ``N = sink + window + chunk_frames``; slot ``s`` of every
