@@ -12,7 +12,9 @@ Variants (each where it can run; what is missing is printed, never faked):
   sdpa_efficient   ... pinned to the memory-efficient kernels
   flash_attn_3     FlashAttention-3 (``flash_attn_interface``), when installed
   flash_attn_2     the ``flash_attn`` package, when installed
-                   (these six: stream_r1_fast.ops.dense_attention, as the rotated cache calls
+  ours_fa2         our FlashAttention-2-class kernel (stream_r1_fast::dense_attention), where
+                   its CUDA kernel is compiled or built by NVRTC
+                   (these seven: stream_r1_fast.ops.dense_attention, as the rotated cache calls
                    them, in its [B, L, H, D] layout; the library's own measured choice per
                    shape is printed too)
   flashinfer       FlashInfer's single-request prefill, when installed
@@ -58,13 +60,15 @@ def _optional(module: str):
 # Bench names of the library's backends (stream_r1_fast.ops.dense_attention, which the rotated
 # cache dispatches to: q / k / v in the cache's [B, L, H, D] layout).
 LIBRARY_NAMES = {"sdpa": "sdpa_default", "cudnn": "sdpa_cudnn", "flash": "sdpa_flash",
-                 "efficient": "sdpa_efficient", "fa3": "flash_attn_3", "fa2": "flash_attn_2"}
+                 "efficient": "sdpa_efficient", "fa3": "flash_attn_3", "fa2": "flash_attn_2",
+                 "ours": "ours_fa2"}
 
 
 def dense_variants(device: torch.device) -> tuple[dict, list[str]]:
     """name -> (layout, fn): layout "bhld" ([B, H, L, D]) or "blhd" ([B, L, H, D]); and the
     names of the backends that are not available here, with why."""
-    names, skipped = available_backends(device)
+    geo = CUDA_GEOMETRY if device.type == "cuda" else CPU_GEOMETRY
+    names, skipped = available_backends(device, geo["dtype"], geo["d"])
     out = {LIBRARY_NAMES[n]: ("blhd", lambda q, k, v, n=n: attention(q, k, v, n)) for n in names}
     missing = [f"{LIBRARY_NAMES[n]} ({why})" for n, why in skipped.items() if why != "CUDA only"]
     if device.type != "cuda":

@@ -49,6 +49,13 @@ TORCH_LIBRARY(stream_r1_fast, m) {
       "int spatial_factor, float tau_floor, float sigma_floor, float gamma_t, float gamma_s) "
       "-> (Tensor, Tensor, Tensor)");
 
+  // Dense attention without a mask: out = softmax(q k^T * scale) v.
+  // q [B, Lq, H, D], k, v [B, Lk, H, D], each with any batch / row / head strides and a
+  // contiguous last dimension (the rotated cache passes prefixes of its storage).
+  // Returns out [B, Lq, H, D] (dtype of q, contiguous) and lse [B, H, Lq] (float32, natural log
+  // of the softmax denominator of the scaled scores; consumed by the backward).
+  m.def("dense_attention(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)");
+
   // Private, for the NVRTC launcher (stream_r1_fast/nvrtc/_launch.py): per op, <op>_plan takes
   // the op's arguments, checks them and prepares the call as the nvcc launcher does, and
   // returns (outputs, buffers that must outlive the launches, the params struct as uint8
@@ -70,10 +77,14 @@ TORCH_LIBRARY(stream_r1_fast, m) {
       "rotated_cache_advance_plan(Tensor keys, Tensor values, Tensor k_new, Tensor v_new, "
       "Tensor cos, Tensor sin, int occupied, int sink_size, int window, float alpha) "
       "-> (Tensor[], Tensor[], Tensor, int[])");
+  m.def(
+      "dense_attention_plan(Tensor q, Tensor k, Tensor v, float scale) "
+      "-> (Tensor[], Tensor[], Tensor, int[])");
   m.def("sink_attention_kernels() -> (str[], int)");
   m.def("ema_cache_update_kernels() -> (str[], int)");
   m.def("saliency_weights_kernels() -> (str[], int)");
   m.def("rotated_cache_advance_kernels() -> (str[], int)");
+  m.def("dense_attention_kernels() -> (str[], int)");
 }
 
 // Importing `stream_r1_fast._C` runs the static registrations above; the module itself is

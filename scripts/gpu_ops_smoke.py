@@ -15,7 +15,9 @@ import sys
 import torch
 
 import stream_r1_fast
-from stream_r1_fast.ops import ema_cache_update, new_sink_cache, rotated_cache_advance, saliency_weights, sink_attention
+from stream_r1_fast.ops import (ema_cache_update, fused_dense_attention, new_sink_cache, rotated_cache_advance,
+                                  saliency_weights, sink_attention)
+from stream_r1_fast.ops.dense_attention_ref import dense_attention_ref
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
 from stream_r1_fast.ops.rope import rope_tables
 from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
@@ -74,9 +76,22 @@ def check_rotated_cache(g: torch.Generator, dev: str) -> float:
     return max((a.float() - b.float()).abs().max().item() for a, b in zip(ours, ref))
 
 
+def check_dense_attention(g: torch.Generator, dev: str) -> float:
+    # 130 queries (two CTAs of 128, the second a tail), 150 keys of a strided batch (the
+    # cache's prefix layout), a tail of the 64-key tile; bf16, D 128 (on the CPU: its kernel).
+    b, lq, lk, heads, d = 2, 130, 150, 2, 128
+    q = torch.randn(b, lq, heads, d, generator=g, device=dev).to(torch.bfloat16)
+    kv = torch.randn(2, b, lk + 40, heads, d, generator=g, device=dev).to(torch.bfloat16)
+    k, v = kv[0, :, :lk], kv[1, :, :lk]
+    out, lse = fused_dense_attention(q, k, v)
+    ref, ref_lse = dense_attention_ref(q.double(), k.double(), v.double())
+    return max((out.double() - ref).abs().max().item(), (lse.double() - ref_lse.double()).abs().max().item())
+
+
 # rotated_cache_advance: bf16 buffers, a bf16 ulp or two at |x| < 8 at most.
 CHECKS = {"sink_attention": (check_sink_attention, 2e-2), "ema_cache_update": (check_ema_cache, 1e-5),
-          "saliency_weights": (check_saliency, 1e-4), "rotated_cache_advance": (check_rotated_cache, 7.5e-2)}
+          "saliency_weights": (check_saliency, 1e-4), "rotated_cache_advance": (check_rotated_cache, 7.5e-2),
+          "dense_attention": (check_dense_attention, 2e-2)}
 
 
 def main() -> int:

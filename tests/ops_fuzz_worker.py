@@ -18,6 +18,7 @@ ARG_NAMES = {
     "ema_cache_update": ("k_cache", "v_cache", "cache_pos", "state", "k_new", "v_new", "sink_size", "alpha"),
     "sink_attention": ("q", "k", "v", "k_cache", "v_cache", "cache_pos", "q_pos", "grid_h", "grid_w",
                        "scale", "rope_theta"),
+    "dense_attention": ("q", "k", "v", "scale"),
     "saliency_weights": ("saliency", "axis_weights", "mode", "temporal_factor", "spatial_factor",
                          "tau_floor", "sigma_floor", "gamma_t", "gamma_s"),
     "rotated_cache_advance": ("keys", "values", "k_new", "v_new", "cos", "sin", "occupied", "sink_size", "window",
@@ -95,7 +96,9 @@ def run_case(case: dict) -> str | None:
         return None
     import torch
 
-    from stream_r1_fast.ops import ema_cache_update, rotated_cache_advance, saliency_weights, sink_attention
+    from stream_r1_fast.ops import (ema_cache_update, fused_dense_attention, rotated_cache_advance, saliency_weights,
+                                    sink_attention)
+    from stream_r1_fast.ops.dense_attention_ref import dense_attention_ref
     from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
     from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
     from stream_r1_fast.ops.saliency_ref import saliency_weights_ref
@@ -115,7 +118,8 @@ def run_case(case: dict) -> str | None:
     before = [a.clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in args]
     fn = getattr(torch.ops.stream_r1_fast, op) if call == "direct" else {
         "ema_cache_update": ema_cache_update, "sink_attention": sink_attention,
-        "saliency_weights": saliency_weights, "rotated_cache_advance": rotated_cache_advance}[op]
+        "saliency_weights": saliency_weights, "rotated_cache_advance": rotated_cache_advance,
+        "dense_attention": fused_dense_attention}[op]
     try:
         result = fn(*args, **kwargs)
     except ALLOWED as exc:
@@ -159,6 +163,14 @@ def run_case(case: dict) -> str | None:
             if problem is None and call == "direct":
                 problem = _close(result[1], want_lse, "lse", rtol, atol)
             return problem
+        if op == "dense_attention":
+            scale = before[3] if len(before) > 3 and before[3] is not None else before[0].shape[-1] ** -0.5
+            # The kernels accumulate in float32 (float64 for float64): so does this reference,
+            # on the inputs as they are (overflow included).
+            want, want_lse = dense_attention_ref(*before[:3], float(scale))
+            rtol, atol = _tolerance(before[0].dtype)
+            problem = _close(result[0], want, "out", rtol, atol)
+            return problem or _close(result[1], want_lse, "lse", rtol, atol)
         saliency, aw = before[0], (before[1] if len(before) > 1 else None)
         rest = list(before[2:]) if call == "direct" else [kwargs.get(k, d) for k, d in (
             ("mode", "vae"), ("temporal_factor", 4), ("spatial_factor", 8), ("tau_floor", 0.2),

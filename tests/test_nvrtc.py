@@ -26,6 +26,8 @@ from stream_r1_fast import _backend, _op_table, nvrtc
 from stream_r1_fast._backend import BACKEND_ENV, EXTENSION_ENV
 from stream_r1_fast.nvrtc import _compile, _launch
 from stream_r1_fast.ops.ema_cache import new_sink_cache
+from test_dense_attention_op import attention_cases as dense_cases
+from test_dense_attention_op import make_inputs as make_dense_inputs
 from test_ema_cache import _chunk, cache_cases
 from test_rotated_cache_advance import Buffers, advance_cases
 from test_rotated_cache_advance import _chunk as advance_chunk
@@ -262,6 +264,11 @@ PARAMS_FIELDS = {
         **{f: _I64 for f in ("batch", "capacity", "tokens", "heads", "head_dim", "frame_elems", "occupied",
                              "sink_size", "window", "new_frames")},
         alpha=_F64, one_minus_alpha=_F64, dtype=_I32),
+    "dense_attention": dict(
+        q=_PTR, k=_PTR, v=_PTR, out=_PTR, lse=_PTR,
+        **{f"{t}_{s}_stride": _I64 for t in "qkv" for s in ("batch", "row", "head")},
+        batch=_I32, q_len=_I32, k_len=_I32, heads=_I32, head_dim=_I32, scale=_F32, scale_log2=_F32,
+        dtype=_I32),
 }
 
 
@@ -506,6 +513,52 @@ def test_saliency_plan_round_trips(monkeypatch, cxx_layout, mode):
     assert got["mode"] == (0 if mode == "vae" else 1) and got["saliency"] == x.data_ptr()
 
 
+@needs_extension
+@pytest.mark.parametrize("dtype, head_dim", [(torch.float16, 64), (torch.float16, 128), (torch.bfloat16, 64),
+                                             (torch.bfloat16, 128)], ids=str)
+def test_dense_attention_plan_round_trips(monkeypatch, cxx_layout, dtype, head_dim):
+    """One launch of the dtype's and head dim's kernel, grid (query blocks of 128, heads,
+    batch), 256 threads, Q + two K / V stages of shared memory; the params carry the strides
+    of a strided batch (k, v: prefixes of a longer buffer) and point at the outputs."""
+    launches = _stub_launches(monkeypatch)
+    q = torch.randn(3, 300, 2, head_dim, dtype=dtype)
+    kv = torch.randn(2, 3, 200, 2, head_dim, dtype=dtype)
+    k, v = kv[0, :, :150], kv[1, :, :150]
+    out, lse = _launch.run("dense_attention", q, k, v, 0.125, device_type="cpu")
+    assert out.shape == q.shape and out.dtype == dtype and lse.shape == (3, 2, 300) and lse.dtype == torch.float32
+    (attn,) = launches
+    ctype = "__half" if dtype == torch.float16 else "__nv_bfloat16"
+    assert attn.name == f"srf::dense_attention::fwd_kernel<{ctype}, {head_dim}>"
+    keys = 64 if head_dim == 128 else 128
+    smem = (128 * head_dim + 4 * keys * head_dim) * 2
+    assert (attn.grid, attn.block, attn.shared_mem) == ((3, 2, 3), (256, 1, 1), smem)
+    assert attn.max_dynamic_shared_size_bytes == smem
+    got = _decode(cxx_layout, "dense_attention", attn.args[0].tobytes())
+    assert [got[n] for n in ("q", "k", "v", "out", "lse")] == [t.data_ptr() for t in (q, k, v, out, lse)]
+    row = 2 * head_dim
+    assert [got[f"k_{s}_stride"] for s in ("batch", "row", "head")] == [200 * row, row, head_dim]
+    assert [got[f"q_{s}_stride"] for s in ("batch", "row", "head")] == [300 * row, row, head_dim]
+    assert [got[n] for n in ("batch", "q_len", "k_len", "heads", "head_dim")] == [3, 300, 150, 2, head_dim]
+    assert got["scale"] == np.float32(0.125) and got["scale_log2"] == np.float32(0.125 * 1.4426950408889634)
+    assert got["dtype"] == (1 if dtype == torch.float16 else 2)
+
+
+@needs_extension
+def test_dense_attention_plan_copies_misaligned_and_refuses_what_the_kernels_do_not_take(monkeypatch, cxx_layout):
+    launches = _stub_launches(monkeypatch)
+    q = torch.randn(1 * 5 * 2 * 64 + 1, dtype=torch.bfloat16)[1:].view(1, 5, 2, 64)
+    k = torch.randn(1, 7, 2, 64, dtype=torch.bfloat16)
+    _launch.run("dense_attention", q, k, k, 0.125, device_type="cpu")
+    got = _decode(cxx_layout, "dense_attention", launches[-1].args[0].tobytes())
+    assert got["q"] != q.data_ptr() and got["q"] % 16 == 0 and got["k"] == k.data_ptr()
+    launches.clear()
+    out, lse = _launch.run("dense_attention", q, k[:, :0], k[:, :0], 0.125, device_type="cpu")
+    assert launches == [] and (out == 0).all() and (lse == float("-inf")).all()
+    for bad, why in ((torch.randn(1, 5, 2, 64), "float16 or bfloat16"), (torch.randn(1, 5, 2, 96).half(), "head_dim 64 or 128")):
+        with pytest.raises(RuntimeError, match=why):
+            _launch.run("dense_attention", bad, bad, bad, 0.125, device_type="cpu")
+
+
 @pytest.mark.skipif(not HAS_CUPY, reason="CuPy not installed")
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.op)
@@ -573,7 +626,7 @@ def test_ops_own_tests_pass_on_nvrtc_path(tmp_path):
     assert probe.returncode == 0, probe.stderr
     res = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
                 *(str(TESTS_DIR / f"test_{op}.py")
-                  for op in ("ema_cache", "saliency", "sink_attention", "rotated_cache_advance"))],
+                  for op in ("ema_cache", "saliency", "sink_attention", "rotated_cache_advance", "dense_attention_op"))],
                **env)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert " passed" in res.stdout and list((tmp_path / "cache").glob("*.cubin")), res.stdout[-2000:]
@@ -669,5 +722,18 @@ def test_sink_attention_agrees_with_compiled(case):
     # nvcc and NVRTC may contract a float op differently: a float32 rounding apart before the
     # output's own rounding, so at most one unit in the last place of the output dtype.
     eps = torch.finfo(case["dtype"]).eps if case["dtype"] != torch.float32 else 1e-5
+    torch.testing.assert_close(got[0], want[0], rtol=eps, atol=1e-5, msg=lambda m: f"out: {m}")
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5, msg=lambda m: f"lse: {m}")
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=dense_cases(dtypes=(torch.float16, torch.bfloat16)))
+def test_dense_attention_agrees_with_compiled(case):
+    _needs_compiled("dense_attention")
+    q, k, v = make_dense_inputs(case, torch.device("cuda"))
+    want = torch.ops.stream_r1_fast.dense_attention(q, k, v, case["head_dim"] ** -0.5)
+    got = _launch.launcher("dense_attention")(q, k, v, case["head_dim"] ** -0.5)
+    # nvcc and NVRTC may contract a float op differently: one unit in the last place of out.
+    eps = torch.finfo(case["dtype"]).eps
     torch.testing.assert_close(got[0], want[0], rtol=eps, atol=1e-5, msg=lambda m: f"out: {m}")
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5, msg=lambda m: f"lse: {m}")

@@ -1,4 +1,4 @@
-"""Hostile inputs for the four ops, each call in a child process (ops_fuzz_worker.py) so that
+"""Hostile inputs for the five ops, each call in a child process (ops_fuzz_worker.py) so that
 a crash (SIGFPE, SIGSEGV, abort) is a test failure rather than the end of the test run.
 
 Whatever the arguments (bad dtypes, ranks, shapes, non-contiguous strides, a tensor on
@@ -111,6 +111,14 @@ def _rot_args(**over):
     return args
 
 
+def _dense_args(**over):
+    # k / v: 70 keys (a tail of the 64-key tile), q: 5 queries; D 64.
+    args = [T((1, 5, 2, 64)), T((1, 70, 2, 64)), T((1, 70, 2, 64)), 0.125]
+    for i, v in over.items():
+        args[int(i[1:])] = v
+    return args
+
+
 REGRESSIONS = {
     "sink_attention grid 2^32 x 2^32 (product wraps to 0)":
         dict(op="sink_attention", call="direct", args=_attn_args(2**32, 2**32)),
@@ -201,6 +209,18 @@ REGRESSIONS = {
     "sink_attention all meta (shape propagation)":
         dict(op="sink_attention", call="direct", args=[
             {**a, "device": "meta"} if isinstance(a, dict) else a for a in _attn_args()]),
+    "dense_attention no keys": dict(op="dense_attention", call="direct", args=_dense_args(
+        a1=T((1, 0, 2, 64)), a2=T((1, 0, 2, 64)))),
+    "dense_attention huge empty batch": dict(op="dense_attention", call="wrapper", args=_dense_args(
+        a0=T((0, 2**31, 2, 64)), a1=T((0, 2**31, 2, 64)), a2=T((0, 2**31, 2, 64)))),
+    "dense_attention strided last dim": dict(op="dense_attention", call="direct", args=_dense_args(
+        a1=T((1, 70, 2, 64), strided=True))),
+    "dense_attention one meta tensor": dict(op="dense_attention", call="direct", args=_dense_args(
+        a2=T((1, 70, 2, 64), device="meta"))),
+    "dense_attention all meta": dict(op="dense_attention", call="direct", args=[
+        {**a, "device": "meta"} if isinstance(a, dict) else a for a in _dense_args()]),
+    "dense_attention float64, wrapper": dict(op="dense_attention", call="wrapper", args=_dense_args(
+        a0=T((1, 5, 2, 64), "float64"), a1=T((1, 70, 2, 64), "float64"), a2=T((1, 70, 2, 64), "float64"))),
 }
 
 
@@ -257,10 +277,12 @@ BASES = {
     "sink_attention": _attn_args,
     "saliency_weights": _sal_args,
     "rotated_cache_advance": _rot_args,
+    "dense_attention": _dense_args,
 }
 SCALAR_NAMES = {
     "ema_cache_update": {6: "sink_size", 7: "alpha"},
     "sink_attention": {7: "grid_h", 8: "grid_w", 9: "scale", 10: "rope_theta"},
+    "dense_attention": {3: "scale"},
     "saliency_weights": {2: "mode", 3: "temporal_factor", 4: "spatial_factor", 5: "tau_floor",
                          6: "sigma_floor", 7: "gamma_t", 8: "gamma_s"},
     "rotated_cache_advance": {6: "occupied", 7: "sink_size", 8: "window", 9: "alpha"},

@@ -18,7 +18,10 @@ Backends (:data:`BACKENDS`; each where it can run):
   FlashAttention-2 kernels, or its memory-efficient kernels (``torch.nn.attention.sdpa_kernel``,
   which ``torch.compile(fullgraph=True)`` traces);
 * ``fa3`` / ``fa2``: FlashAttention-3 (``flash_attn_interface``) or the ``flash_attn`` package,
-  when installed (optional, never required; both register their kernels as torch ops).
+  when installed (optional, never required; both register their kernels as torch ops);
+* ``ours``: this package's FlashAttention-2-class kernel
+  (:func:`~stream_r1_fast.ops.dense_attention_op.fused_dense_attention`), where its CUDA kernel
+  is compiled or built by NVRTC and the shape is fp16 / bf16 with D in {64, 128}.
 
 ``STREAM_R1_FAST_ATTENTION=<backend>`` skips the measurement and uses that backend.
 A forward that carries gradient (training) always uses ``sdpa``.
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_ENV = "STREAM_R1_FAST_ATTENTION"
-BACKENDS = ("sdpa", "cudnn", "flash", "efficient", "fa3", "fa2")
+BACKENDS = ("sdpa", "cudnn", "flash", "efficient", "fa3", "fa2", "ours")
 _SDPA_PINNED = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 _EXTERNAL = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}
 
@@ -72,6 +75,8 @@ def _sdpa_pinned(name: str, q, k, v):
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """softmax(q kᵀ / sqrt(D)) v for q [B, Lq, H, D], k / v [B, Lk, H, D] (no mask) on
     ``backend``; returns [B, Lq, H, D] in q's dtype."""
+    if backend in _OWN:
+        return _OWN[backend][0](q, k, v)
     if backend in _EXTERNAL:
         fn = _module(_EXTERNAL[backend]).flash_attn_func
         out = fn(q, k, v)
@@ -86,9 +91,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     return out.transpose(1, 2)
 
 
-def available_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
+# This package's own backends, registered by the modules of their ops (ops/dense_attention_op.py
+# registers "ours"; this module imports none of them, so the ops' backend selection never
+# imports it back): name -> (run(q, k, v) -> out, why_not(dtype, head_dim) -> reason | None).
+_OWN: dict[str, tuple[Callable, Callable]] = {}
+_OWN_NAMES = ("ours",)
+
+
+def register_own_backend(name: str, run: Callable, why_not: Callable) -> None:
+    """Registers one of the package's own kernels as the CUDA backend ``name`` (of
+    :data:`BACKENDS`): ``run(q, k, v)`` in the cache layout, ``why_not(dtype, head_dim)`` the
+    reason it cannot run such inputs here (None when it can; either may be None: unknown)."""
+    if name not in _OWN_NAMES:
+        raise ValueError(f"{name!r} is not one of this package's attention backends ({', '.join(_OWN_NAMES)})")
+    _OWN[name] = (run, why_not)
+
+
+def available_backends(device: torch.device, dtype: torch.dtype | None = None,
+                       head_dim: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The backends that may run on ``device`` (SDPA's own choice first), and why the others
-    cannot (a library that is not installed; a CPU device)."""
+    cannot (a library that is not installed; a CPU device; our kernel for another dtype or
+    head dim, when those are given)."""
     if device.type != "cuda":
         return ["sdpa"], {b: "CUDA only" for b in BACKENDS if b != "sdpa"}
     names, skipped = ["sdpa", *_SDPA_PINNED], {}
@@ -97,6 +120,12 @@ def available_backends(device: torch.device) -> tuple[list[str], dict[str, str]]
             names.append(name)
         else:
             skipped[name] = f"{module} is not installed"
+    for name in _OWN_NAMES:
+        why = _OWN[name][1](dtype, head_dim) if name in _OWN else "not registered (import stream_r1_fast.ops)"
+        if why is None:
+            names.append(name)
+        else:
+            skipped[name] = why
     return names, skipped
 
 
@@ -145,7 +174,7 @@ def choose_backend(batch: int, lq: int, lk: int, heads: int, head_dim: int, dtyp
     key = (batch, lq, lk, heads, head_dim, dtype, device.type, device.index)
     if key in _CHOICES:
         return _CHOICES[key].backend
-    names, skipped = available_backends(device)
+    names, skipped = available_backends(device, dtype, head_dim)
     forced = os.environ.get(ATTENTION_ENV, "").strip()
     if forced:
         if forced not in BACKENDS:
@@ -177,4 +206,4 @@ def attention_choices() -> dict[str, AttentionChoice]:
 
 
 __all__ = ["ATTENTION_ENV", "AttentionChoice", "BACKENDS", "attention", "attention_choices", "available_backends",
-           "choose_backend", "pick_fastest"]
+           "choose_backend", "pick_fastest", "register_own_backend"]
