@@ -8,6 +8,12 @@ off alignment): bit for bit the reference, over every fill state, with the threa
 order and reversed (two threads sharing an element would make the orders disagree). The
 16-bit types differ only in the conversions every op's kernels share; on a GPU,
 tests/test_rotated_cache_advance.py runs them all.
+
+dense_attention's kernels (fp16 and bf16, D 64 and 128) are warp-wide code: each block's
+threads run as fibers (tests/cuda_emulation/dense_attention_emulation.cpp) that meet at every
+ldmatrix, mma.sync, shuffle and barrier, which the emulator runs for the whole warp with the PTX
+ISA's fragment layouts (the kernel's PTX wrappers have host stand-ins,
+tests/cuda_emulation/dense_attention/); their results are held to the CUDA tests' bound.
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_r1_fast import _op_table, backend_info
 from stream_r1_fast.nvrtc import _launch
+from stream_r1_fast.ops.dense_attention_ref import dense_attention_ref
 from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
+from test_dense_attention_op import attention_cases as dense_cases
+from test_dense_attention_op import make_inputs as make_dense_inputs
 from test_rotated_cache_advance import Buffers, advance_cases
+from tests.tolerances import assert_fa_close
 
 HERE = Path(__file__).resolve().parent / "cuda_emulation"
 pytestmark = [
@@ -94,3 +104,64 @@ def test_every_access_width_is_emulated(emulator):
         seen.update(_emulate(emulator, bufs.args(k_new, k_new.clone(), 3, 0.5), False))
     assert seen == {f"srf::rotated_cache::advance_kernel<{t}, {w}>" for t, w in
                     [("float", 16), ("float", 8), ("float", 4), ("double", 16), ("double", 8)]}
+
+
+# ---- dense_attention: warp-wide code, threads as fibers -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dense_emulator(tmp_path_factory):
+    lib = tmp_path_factory.mktemp("emulation") / "dense_attention_emulation.so"
+    subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", f"-I{HERE}", f"-I{_op_table.source_dir()}",
+                    str(HERE / "dense_attention_emulation.cpp"), "-o", str(lib)], check=True)
+    fn = ctypes.CDLL(str(lib)).emulate_launch
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+                   ctypes.c_int, ctypes.c_int]
+    return fn
+
+
+def _emulate_dense(emulator, q, k, v, scale, early_copies: bool):
+    """(out, lse, kernel name) of the planned launch run on the CPU; out and lse start as NaN."""
+    (out, lse), _, params, flat = _launch.plan("dense_attention", q, k, v, scale, device_type="cpu")
+    out.fill_(float("nan"))
+    lse.fill_(float("nan"))
+    raw = params.numpy().tobytes()
+    (kernel, grid, block, smem), = _launch.launches(flat)
+    failure = emulator(raw, kernel, *grid, block[0], smem, int(early_copies))
+    assert failure is None, failure.decode()
+    return out, lse, _launch.spec("dense_attention").names[kernel]
+
+
+@settings(max_examples=12)
+@given(case=dense_cases(dtypes=(torch.float16, torch.bfloat16)), early_copies=st.booleans())
+def test_dense_attention_cuda_kernel_emulated_matches_reference(dense_emulator, case, early_copies):
+    """The CUDA kernel's device code as it is (only its PTX wrappers and the CUDA built-ins are
+    host stand-ins: tests/cuda_emulation/), every block of the plan, its 256 threads as fibers
+    meeting at each ldmatrix / mma.sync / shuffle / barrier; cp.async landing at the wait or at
+    issue. Within the CUDA tests' bound of the float64 reference, tails and strided batches
+    included; every row written (out and lse start as NaN)."""
+    q, k, v = make_dense_inputs(case, "cpu")
+    d = case["head_dim"]
+    out, lse, name = _emulate_dense(dense_emulator, q, k, v, d ** -0.5, early_copies)
+    ctype = "__half" if case["dtype"] == torch.float16 else "__nv_bfloat16"
+    assert name == f"srf::dense_attention::fwd_kernel<{ctype}, {d}>"
+    same_out, same_lse = dense_attention_ref(q, k, v, d ** -0.5)
+    true_out, true_lse = dense_attention_ref(q.double(), k.double(), v.double(), d ** -0.5)
+    assert_fa_close(out, same_out, true_out, case["dtype"], "out")
+    assert_fa_close(lse, same_lse, true_lse.float(), case["dtype"], "lse")
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_dense_attention_emulated_on_copies_and_negative_scale(dense_emulator, head_dim):
+    """A view 2 bytes off alignment (the planner's copy is what runs), two query blocks, a key
+    tail, and a negative scale (the mask is applied after the scale)."""
+    gen = torch.Generator().manual_seed(head_dim)
+    base = torch.randn(1 * 140 * 2 * head_dim + 1, generator=gen).to(torch.bfloat16)
+    q = base[1:].view(1, 140, 2, head_dim)
+    k, v = (torch.randn(1, 77, 2, head_dim, generator=gen).to(torch.bfloat16) for _ in "kv")
+    out, lse, _ = _emulate_dense(dense_emulator, q, k, v, -0.2, False)
+    same_out, same_lse = dense_attention_ref(q, k, v, -0.2)
+    true_out, true_lse = dense_attention_ref(q.double(), k.double(), v.double(), -0.2)
+    assert_fa_close(out, same_out, true_out, torch.bfloat16, "out")
+    assert_fa_close(lse, same_lse, true_lse.float(), torch.bfloat16, "lse")

@@ -1,13 +1,20 @@
 // Host stand-ins for the CUDA built-ins of the kernel headers, so that a kernel's device code
 // compiles with the host compiler and runs thread by thread on the CPU (tests/test_cuda_emulation.py).
-// Shadows csrc/common/cuda_utils.h by coming first on the include path; float and double only.
+// Shadows csrc/common/cuda_utils.h by coming first on the include path. Arithmetic in float and
+// double only; the 16-bit types are storage (bits), converted by the ops' own stand-ins.
+// Warp-wide and block-wide built-ins (__shfl_xor_sync, __syncthreads) are declared here and
+// defined by the emulations that run a block's threads together (dense_attention's).
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
+#define __shared__
+#define __align__(n) __attribute__((aligned(n)))
 
 struct EmuDim {
   unsigned x = 0, y = 0, z = 0;
@@ -24,8 +31,20 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
 
-struct __half {};  // named by the kernel name tables, never instantiated here
-struct __nv_bfloat16 {};
+struct __half {
+  uint16_t bits;
+};
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+
+inline float __int_as_float(int x) {
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+}
+float __shfl_xor_sync(unsigned mask, float value, int lane_mask);
+void __syncthreads();
 
 namespace srf {
 template <typename T>
