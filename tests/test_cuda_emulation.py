@@ -139,8 +139,8 @@ def test_dense_attention_cuda_kernel_emulated_matches_reference(dense_emulator, 
     """The CUDA kernel's device code as it is (only its PTX wrappers and the CUDA built-ins are
     host stand-ins: tests/cuda_emulation/), every block of the plan, its 256 threads as fibers
     meeting at each ldmatrix / mma.sync / shuffle / barrier; cp.async landing at the wait or at
-    issue. Within the CUDA tests' bound of the float64 reference, tails and strided batches
-    included; every row written (out and lse start as NaN)."""
+    issue; no ldmatrix bank conflict (the swizzle). Within the CUDA tests' bound of the float64
+    reference, tails and strided batches included; every row written (out and lse start as NaN)."""
     q, k, v = make_dense_inputs(case, "cpu")
     d = case["head_dim"]
     out, lse, name = _emulate_dense(dense_emulator, q, k, v, d ** -0.5, early_copies)

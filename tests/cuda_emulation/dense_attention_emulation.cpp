@@ -1,9 +1,10 @@
 // dense_attention's CUDA kernels run on the CPU: every block of one planned launch in turn, its
 // threads as fibers (ucontext) that run until their next warp- or block-wide operation
 // (ldmatrix, mma.sync, a shuffle, __syncthreads), which the emulator then runs for every warp
-// at once, with the fragment layouts of the PTX ISA. The device code is the kernel header as
-// it is; only the PTX wrappers (dense_attention/dense_attention_ptx.cuh here) and the CUDA
-// built-ins (common/cuda_utils.h here) are host stand-ins. For tests/test_cuda_emulation.py.
+// at once, with the fragment layouts of the PTX ISA, failing on an ldmatrix phase whose rows
+// share a bank. The device code is the kernel header as it is; only the PTX wrappers
+// (dense_attention/dense_attention_ptx.cuh here) and the CUDA built-ins (common/cuda_utils.h
+// here) are host stand-ins. For tests/test_cuda_emulation.py.
 #include <ucontext.h>
 
 #include <cstdlib>
@@ -70,12 +71,16 @@ void run_warp_op(int w) {
   } else if (op == emu::Op::kLdmatrix || op == emu::Op::kLdmatrixTrans) {
     uint32_t out[32][4];
     for (int j = 0; j < 4; ++j) {
+      // One matrix is one shared-memory phase: its 8 rows of 16 bytes must cover the 32 banks.
       const uint16_t* rows[8];
+      unsigned bank_groups = 0;
       for (int r = 0; r < 8; ++r) {
         const uint32_t addr = lane[8 * j + r].post.addr;
         if (addr % 16 != 0) failure = "ldmatrix row address not 16-byte aligned";
+        bank_groups |= 1u << (addr / 16 % 8);
         rows[r] = reinterpret_cast<const uint16_t*>(smem_raw + addr);
       }
+      if (bank_groups != 0xffu) failure = "an ldmatrix phase with a shared-memory bank conflict";
       for (int l = 0; l < 32; ++l) {
         const int g = l >> 2, t = l & 3;
         out[l][j] = op == emu::Op::kLdmatrix
