@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# Our own attention kernel takes part in the measured backend choice (tests, benchmarks): this
+# run is where it is first validated on a GPU.
+export STREAM_R1_FAST_ATTENTION_OURS=1
 declare -A STATUS
 
 # The whole run fits one device call: every phase's limit is cut to what is left of

@@ -103,3 +103,16 @@ def test_every_cuda_backend_matches_and_the_choice_is_timed():
     backend = choose_backend(1, 300, 700, 4, 128, torch.bfloat16, "cuda")
     choice = next(c for key, c in attention_choices().items() if "Lq300 Lk700" in key)
     assert backend in names and backend in choice.times_ms and choice.times_ms[backend] == min(choice.times_ms.values())
+
+
+def test_our_unvalidated_kernel_is_measured_only_when_asked(monkeypatch):
+    """A kernel never run on a GPU is not measured by default (a fault there would poison the
+    process's CUDA context): only with STREAM_R1_FAST_ATTENTION_OURS=1, or when forced."""
+    monkeypatch.setitem(dense_attention._OWN, "ours", (lambda q, k, v: q, lambda dtype, head_dim: None))
+    monkeypatch.delenv(dense_attention.OWN_ENV, raising=False)
+    cuda = torch.device("cuda")
+    names, skipped = available_backends(cuda, torch.bfloat16, 128)
+    assert "ours" not in names and "never yet run on a GPU" in skipped["ours"]
+    assert "ours" in available_backends(cuda, torch.bfloat16, 128, unvalidated=True)[0]
+    monkeypatch.setenv(dense_attention.OWN_ENV, "1")
+    assert "ours" in available_backends(cuda, torch.bfloat16, 128)[0]

@@ -107,11 +107,21 @@ def register_own_backend(name: str, run: Callable, why_not: Callable) -> None:
     _OWN[name] = (run, why_not)
 
 
+# Our own kernels are measured automatically only once they have been validated on a GPU (a
+# fault in a never-run kernel would poison the process's CUDA context, which no try/except
+# recovers); until then they take part when this is "1", or when forced (ATTENTION_ENV).
+OWN_ENV = "STREAM_R1_FAST_ATTENTION_OURS"
+_UNVALIDATED = {"ours": "never yet run on a GPU"}
+
+
 def available_backends(device: torch.device, dtype: torch.dtype | None = None,
-                       head_dim: int | None = None) -> tuple[list[str], dict[str, str]]:
+                       head_dim: int | None = None, *, unvalidated: bool | None = None) -> tuple[list[str], dict[str, str]]:
     """The backends that may run on ``device`` (SDPA's own choice first), and why the others
     cannot (a library that is not installed; a CPU device; our kernel for another dtype or
-    head dim, when those are given)."""
+    head dim, when those are given; our kernel not yet validated on a GPU, unless
+    ``unvalidated`` — default: ``STREAM_R1_FAST_ATTENTION_OURS=1``)."""
+    if unvalidated is None:
+        unvalidated = os.environ.get(OWN_ENV, "").strip() == "1"
     if device.type != "cuda":
         return ["sdpa"], {b: "CUDA only" for b in BACKENDS if b != "sdpa"}
     names, skipped = ["sdpa", *_SDPA_PINNED], {}
@@ -122,6 +132,8 @@ def available_backends(device: torch.device, dtype: torch.dtype | None = None,
             skipped[name] = f"{module} is not installed"
     for name in _OWN_NAMES:
         why = _OWN[name][1](dtype, head_dim) if name in _OWN else "not registered (import stream_r1_fast.ops)"
+        if why is None and name in _UNVALIDATED and not unvalidated:
+            why = f"{_UNVALIDATED[name]}: measured only with {OWN_ENV}=1 (or forced: {ATTENTION_ENV}={name})"
         if why is None:
             names.append(name)
         else:
@@ -174,8 +186,8 @@ def choose_backend(batch: int, lq: int, lk: int, heads: int, head_dim: int, dtyp
     key = (batch, lq, lk, heads, head_dim, dtype, device.type, device.index)
     if key in _CHOICES:
         return _CHOICES[key].backend
-    names, skipped = available_backends(device, dtype, head_dim)
     forced = os.environ.get(ATTENTION_ENV, "").strip()
+    names, skipped = available_backends(device, dtype, head_dim, unvalidated=True if forced else None)
     if forced:
         if forced not in BACKENDS:
             raise ValueError(f"{ATTENTION_ENV}={forced!r} is not an attention backend (known: {', '.join(BACKENDS)})")
@@ -205,5 +217,5 @@ def attention_choices() -> dict[str, AttentionChoice]:
             for (b, lq, lk, h, d, dt, dev, i), c in _CHOICES.items()}
 
 
-__all__ = ["ATTENTION_ENV", "AttentionChoice", "BACKENDS", "attention", "attention_choices", "available_backends",
+__all__ = ["ATTENTION_ENV", "OWN_ENV", "AttentionChoice", "BACKENDS", "attention", "attention_choices", "available_backends",
            "choose_backend", "pick_fastest", "register_own_backend"]
