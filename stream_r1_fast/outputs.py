@@ -1,10 +1,15 @@
-"""Output folders checked before any work starts (a model load can take minutes)."""
+"""Output folders checked before any work starts (a model load can take minutes), and the frame
+rate videos are written at."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+# Wan2.1's frame rate: what videos (mp4, GIF, TensorBoard samples) are written at unless a
+# caller says otherwise.
+VIDEO_FPS = 16
 
 
 def check_writable_folder(folder: str | Path, where: str) -> Path:

@@ -15,8 +15,9 @@ from stream_r1_fast.commands.checks import check_device, check_model_dir, check_
 from stream_r1_fast.commands.errors import UsageError, one_line
 from stream_r1_fast.commands.schedule import chunk_start_seconds, read_prompt_schedule
 from stream_r1_fast.commands.videos import ContactSheet, VideoFile
+from stream_r1_fast.outputs import VIDEO_FPS
 
-FPS = 16  # Wan2.1's frame rate
+FPS = VIDEO_FPS
 
 DTYPES = ("bf16", "fp16", "fp32")  # --dtype: names StreamingPipeline.from_pretrained reads as they are
 

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 
+from stream_r1_fast.outputs import VIDEO_FPS
 from stream_r1_fast.toy.codec import ToyCodec
 from stream_r1_fast.toy.models import WEIGHTS, load_teacher, load_transformer_file
 from stream_r1_fast.toy.text import ToyTextEncoder
 from stream_r1_fast.toy.world import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS, VOCABULARY, ToyWorld, parse_caption
 
 STUDENTS = ("stream_r1", "re_dmd", "dmd")
-PLAYBACK_FPS = 16  # the videos are written at 16 frames per second (Wan2.1's rate)
+PLAYBACK_FPS = VIDEO_FPS  # the videos are written at 16 frames per second (Wan2.1's rate)
 
 
 def best_student() -> Path | None:

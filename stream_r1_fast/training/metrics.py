@@ -8,6 +8,7 @@ import csv
 import math
 from pathlib import Path
 
+from stream_r1_fast.outputs import VIDEO_FPS
 from stream_r1_fast.training.config_parse import config_diff, yaml_load
 from stream_r1_fast.training.errors import ConfigWarning
 
@@ -20,7 +21,7 @@ CSV_COLUMNS = ("step", "exit_step", "critic_loss", "generator_loss", "grad_norm_
 # steps, another device, other logging) is not reported as a different config.
 RUN_CONTROL_KEYS = frozenset(f"train.{k}" for k in ("steps", "output_dir", "save_every", "log_every", "device",
                                                     "progress", "resume_inexact", "keep_last", "sample_every"))
-SAMPLE_FPS = 16  # Wan2.1's frame rate, for the TensorBoard sample videos
+SAMPLE_FPS = VIDEO_FPS  # Wan2.1's frame rate, for the TensorBoard sample videos
 
 
 class RunLogMixin:
