@@ -15,8 +15,9 @@ from stream_r1_fast.toy.codec import ToyCodec
 from stream_r1_fast.toy.models import load_transformer_file
 from stream_r1_fast.toy.oracle2 import METRICS, centroid, score_clip_v2, score_videos_v2
 from stream_r1_fast.toy.text2 import GROUPS, MAX_TOKENS, TEXT_DIM, ObjectTokenEncoder
+from stream_r1_fast.toy.world import area_fraction
 from stream_r1_fast.toy.world2 import (
-    COLORS, SHAPES, VOCABULARY, ObjectSpecV2, ToyWorldV2, area_fraction, caption_of, parse_caption, wrap_delta,
+    COLORS, SHAPES, VOCABULARY, ObjectSpecV2, ToyWorldV2, caption_of, parse_caption, wrap_delta,
 )
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "toy"

@@ -37,8 +37,9 @@ from typing import Sequence
 
 import torch
 
+from stream_r1_fast.toy.world import area_fraction
 from stream_r1_fast.toy.world2 import (
-    BACKGROUNDS, COLORS, DIRECTION_NAMES, SHAPES, SPEED_NAMES, ObjectSpecV2, ToyWorldV2, area_fraction, parse_caption,
+    BACKGROUNDS, COLORS, DIRECTION_NAMES, SHAPES, SPEED_NAMES, ObjectSpecV2, ToyWorldV2, parse_caption,
     wrap_delta,
 )
 

@@ -125,8 +125,24 @@ def _parse_objects(head: str) -> list[ObjectSpec]:
     return out
 
 
+class ClipSampling:
+    """``sample`` / ``batch`` of a world that has ``sample_attributes(generator, num_frames)``
+    and ``render(attrs)`` (both toy worlds)."""
+
+    def sample(self, generator: torch.Generator, num_frames: int | None = None):
+        """One random clip: (video [T, 3, H, W] in [0, 1], its ground truth)."""
+        attrs = self.sample_attributes(generator, num_frames)
+        return self.render(attrs), attrs
+
+    def batch(self, batch_size: int, seed: int, num_frames: int | None = None):
+        """``batch_size`` clips from one seed: (video [B, T, 3, H, W], ground truths)."""
+        g = torch.Generator().manual_seed(seed)
+        clips = [self.sample(g, num_frames) for _ in range(batch_size)]
+        return torch.stack([c for c, _ in clips]), [a for _, a in clips]
+
+
 @dataclasses.dataclass(frozen=True)
-class ToyWorld:
+class ToyWorld(ClipSampling):
     """Clip generator. ``height``/``width`` in pixels (multiples of 8), ``num_frames = 1 + 4k``."""
 
     height: int = 32
@@ -224,17 +240,6 @@ class ToyWorld:
             color = torch.tensor(COLORS[obj.color]).view(1, 3, 1, 1)
             frames = frames * (1 - cover) + color * cover
         return frames
-
-    def sample(self, generator: torch.Generator, num_frames: int | None = None) -> tuple[torch.Tensor, ClipAttributes]:
-        """One random clip: (video [T, 3, H, W] in [0, 1], its ground truth)."""
-        attrs = self.sample_attributes(generator, num_frames)
-        return self.render(attrs), attrs
-
-    def batch(self, batch_size: int, seed: int, num_frames: int | None = None) -> tuple[torch.Tensor, list[ClipAttributes]]:
-        """``batch_size`` clips from one seed: (video [B, T, 3, H, W], ground truths)."""
-        g = torch.Generator().manual_seed(seed)
-        clips = [self.sample(g, num_frames) for _ in range(batch_size)]
-        return torch.stack([c for c, _ in clips]), [a for _, a in clips]
 
 
 def shape_mask(shape: str, dx: torch.Tensor, dy: torch.Tensor, r: float) -> torch.Tensor:

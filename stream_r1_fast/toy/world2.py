@@ -38,7 +38,7 @@ import torch
 
 from stream_r1_fast.toy.world import COLORS as _V1_COLORS
 from stream_r1_fast.toy.world import BACKGROUNDS as _V1_BACKGROUNDS
-from stream_r1_fast.toy.world import DIRECTIONS, shape_mask
+from stream_r1_fast.toy.world import DIRECTIONS, ClipSampling, shape_mask
 
 COLORS: dict[str, tuple[float, float, float]] = {c: _V1_COLORS[c] for c in ("red", "yellow", "green", "blue", "magenta")}
 BACKGROUNDS: dict[str, tuple[float, float, float]] = {b: _V1_BACKGROUNDS[b][0] for b in ("black", "gray", "brown")}
@@ -143,7 +143,7 @@ def wrap_delta(d: torch.Tensor, period: torch.Tensor | float) -> torch.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyWorldV2:
+class ToyWorldV2(ClipSampling):
     """Clip generator. ``height``/``width`` in pixels (multiples of 8), ``num_frames = 1 + 4k``;
     ``half_extent`` and ``speeds`` (slow, fast) in pixels (per frame) at 32x32, scaled with width."""
 
@@ -270,19 +270,3 @@ class ToyWorldV2:
             color = torch.tensor(COLORS[obj.color]).view(1, 3, 1, 1)
             frames = frames * (1 - cover) + color * cover
         return frames
-
-    def sample(self, generator: torch.Generator, num_frames: int | None = None) -> tuple[torch.Tensor, ClipAttributesV2]:
-        """One random clip: (video [T, 3, H, W] in [0, 1], its ground truth)."""
-        attrs = self.sample_attributes(generator, num_frames)
-        return self.render(attrs), attrs
-
-    def batch(self, batch_size: int, seed: int, num_frames: int | None = None) -> tuple[torch.Tensor, list[ClipAttributesV2]]:
-        """``batch_size`` clips from one seed: (video [B, T, 3, H, W], ground truths)."""
-        g = torch.Generator().manual_seed(seed)
-        clips = [self.sample(g, num_frames) for _ in range(batch_size)]
-        return torch.stack([c for c, _ in clips]), [a for _, a in clips]
-
-
-def area_fraction(shape: str) -> float:
-    """Area of a v2 shape over (2 r)^2 (as :func:`stream_r1_fast.toy.world.shape_mask` draws it)."""
-    return {"square": 0.81, "triangle": 0.428, "diamond": 0.605}[shape]
