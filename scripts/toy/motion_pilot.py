@@ -174,7 +174,7 @@ def main(argv=None) -> dict | None:
     if args.resume:
         if not ckpt_path.exists():
             sys.exit(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=True)  # tensors, numbers, strings: no pickled code
         diff = {k: (ckpt["run"].get(k), v) for k, v in run.items() if ckpt["run"].get(k) != v}
         if diff:
             sys.exit(f"--resume: the checkpoint's run differs (checkpoint, now): {diff}")
