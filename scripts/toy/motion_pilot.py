@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 from stream_r1_fast.models import CausalWanTransformer
-from stream_r1_fast.scheduling import add_noise, shift_timesteps, velocity
+from stream_r1_fast.scheduling import add_noise, velocity
 from stream_r1_fast.toy.codec import ToyCodec
-from stream_r1_fast.toy.fit import Fitter, warmup_cosine
+from stream_r1_fast.toy.fit import Fitter, flow_matching_loss, warmup_cosine
 from stream_r1_fast.toy.models import TEACHER_CONFIG, save_transformer
 from stream_r1_fast.toy.oracle2 import score_videos_v2
 from stream_r1_fast.toy.sampling import euler_sample
@@ -103,15 +103,6 @@ def to_codec(video: torch.Tensor) -> torch.Tensor:
 
 def from_codec(video: torch.Tensor) -> torch.Tensor:
     return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
-
-
-def flow_matching_loss(model, x0: torch.Tensor, text: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """train_teacher.py's loss: ``|| v(x_s, s, c) - (eps - x0) ||^2``, s uniform warped by shift 3."""
-    eps = torch.randn(x0.shape, generator=g)
-    u = torch.rand(x0.shape[0], generator=g)
-    t = torch.tensor(shift_timesteps((u * 1000).tolist(), 3.0))
-    v = model(add_noise(x0, eps, t), t, text).sample
-    return ((v.float() - velocity(x0, eps)) ** 2).mean()
 
 
 def swapped_caption(attrs, group: str) -> str:

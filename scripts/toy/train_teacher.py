@@ -15,9 +15,8 @@ import argparse
 import torch
 
 from stream_r1_fast.models import CausalWanTransformer
-from stream_r1_fast.scheduling import add_noise, shift_timesteps, velocity
 from stream_r1_fast.toy.codec import ToyCodec
-from stream_r1_fast.toy.fit import Fitter, warmup_cosine
+from stream_r1_fast.toy.fit import Fitter, flow_matching_loss, warmup_cosine
 from stream_r1_fast.toy.models import TEACHER_CONFIG, WEIGHTS, load_transformer_file, save_transformer
 from stream_r1_fast.toy.text import ToyTextEncoder
 from stream_r1_fast.toy.world import ToyWorld
@@ -52,11 +51,7 @@ def main(argv=None) -> None:
         captions = [a.caption if torch.rand((), generator=g) > 0.1 else "" for _, a in clips]
         with torch.no_grad():
             x0 = codec.encode(video)
-        eps = torch.randn(x0.shape, generator=g)
-        u = torch.rand(args.batch, generator=g)
-        t = torch.tensor(shift_timesteps((u * 1000).tolist(), 3.0))
-        v = model(add_noise(x0, eps, t), t, text(captions)).sample
-        fit.step(step, ((v.float() - velocity(x0, eps)) ** 2).mean())
+        fit.step(step, flow_matching_loss(model, x0, text(captions), g))
     model.eval()
     save_transformer(model, args.out, steps=args.steps, seed=args.seed, final_loss_ema=f"{fit.ema:.4f}",
                      train_seconds=f"{fit.elapsed:.0f}")

@@ -7,12 +7,25 @@ import time
 
 import torch
 
+from stream_r1_fast.scheduling import add_noise, shift_timesteps, velocity
+
 
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
     )
+
+
+def flow_matching_loss(model, x0: torch.Tensor, text: torch.Tensor, g: torch.Generator,
+                       shift: float = 3.0) -> torch.Tensor:
+    """The teachers' loss ``|| v(x_s, s, c) - (eps - x0) ||^2``: eps, then s uniform on
+    (0, 1000] warped by ``shift``, drawn from ``g`` in that order."""
+    eps = torch.randn(x0.shape, generator=g)
+    u = torch.rand(x0.shape[0], generator=g)
+    t = torch.tensor(shift_timesteps((u * 1000).tolist(), shift))
+    v = model(add_noise(x0, eps, t), t, text).sample
+    return ((v.float() - velocity(x0, eps)) ** 2).mean()
 
 
 class Fitter:
