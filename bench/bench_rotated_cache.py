@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timing, script_main, time_fn  # noqa: E402
+from common import Timing, bandwidth_rows, script_main  # noqa: E402
 
 from stream_r1_fast.ops.rope import rope_tables  # noqa: E402
 from stream_r1_fast.ops.rotated_cache import rotated_cache_advance  # noqa: E402
@@ -103,10 +103,8 @@ def run(device: torch.device) -> list[Timing]:
 
         shape = (f"L{cfg['layers']} B{cfg['b']} S{sink}+{window} P{cfg['grid'][0] * cfg['grid'][1]} "
                  f"H{cfg['h']} D{cfg['d']} F{cfg['fn']}")
-        for name, fn in (("kernel", kernel), ("reference", reference), ("copy_bw", copy_bw)):
-            med, p20, p80 = time_fn(fn, device)
-            rows.append(Timing("rotated_cache_advance", name, shape, str(device), med, p20, p80,
-                               extra={"GB/s": round(moved / (med * 1e-3) / 1e9, 1), "MB": round(moved / 1e6, 1)}))
+        variants = {"kernel": kernel, "reference": reference, "copy_bw": copy_bw}
+        rows += bandwidth_rows("rotated_cache_advance", variants, shape, device, moved)
         del layers, copy_src, copy_dst
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -106,6 +106,18 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
     return statistics.median(times), qs[0], qs[3]
 
 
+def bandwidth_rows(op: str, fns: dict[str, Callable[[], object]], shape: str, device: torch.device,
+                   moved: int) -> list[Timing]:
+    """One row per variant of ``fns`` (name -> call), each timed by :func:`time_fn`, with the
+    bandwidth the ``moved`` bytes it must move imply."""
+    rows = []
+    for name, fn in fns.items():
+        med, p20, p80 = time_fn(fn, device)
+        rows.append(Timing(op, name, shape, str(device), med, p20, p80,
+                           extra={"GB/s": round(moved / (med * 1e-3) / 1e9, 1), "MB": round(moved / 1e6, 1)}))
+    return rows
+
+
 def print_table(rows: list[Timing], baseline: str) -> None:
     """One line per variant with its speed-up over ``baseline`` at the same shape."""
     base = {(r.op, r.shape): r.median_ms for r in rows if r.variant == baseline}
