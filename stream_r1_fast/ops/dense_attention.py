@@ -65,6 +65,18 @@ def _module(name: str):
         return None
 
 
+_EXTERNAL_FNS: dict[str, Callable] = {}
+
+
+def _external_fn(backend: str) -> Callable:
+    """The ``flash_attn_func`` of an installed library, imported on first use (the measurement,
+    outside any compiled region) and then a plain dict lookup, which torch.compile traces."""
+    fn = _EXTERNAL_FNS.get(backend)
+    if fn is None:
+        fn = _EXTERNAL_FNS[backend] = _module(_EXTERNAL[backend]).flash_attn_func
+    return fn
+
+
 def _sdpa_pinned(name: str, q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -78,7 +90,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if backend in _OWN:
         return _OWN[backend][0](q, k, v)
     if backend in _EXTERNAL:
-        fn = _module(_EXTERNAL[backend]).flash_attn_func
+        fn = _external_fn(backend)
         out = fn(q, k, v)
         return out[0] if isinstance(out, tuple) else out
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
