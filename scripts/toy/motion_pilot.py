@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from stream_r1_fast.models import CausalWanTransformer
 from stream_r1_fast.scheduling import add_noise, velocity
@@ -47,7 +48,7 @@ SWAP_GROUPS = tuple(ATTRIBUTE_GROUPS) + ("background",)
 SWAP_TIMESTEPS = (150.0, 350.0, 550.0, 750.0, 950.0)
 # Arguments that define the run: a resumed run must agree on them.
 RUN_ARGS = ("speeds", "patch", "frames", "objects", "half_extent", "wrap", "seed", "steps", "batch", "lr",
-            "spatial_factor", "channels", "codec_clips")
+            "shift", "ema_decay", "spatial_factor", "channels", "codec_clips")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--shift", type=float, default=3.0,
+                    help="timestep shift of the training loss (3: Wan's; 1: uniform noise levels)")
+    ap.add_argument("--ema-decay", type=float, default=0.999,
+                    help="decay of the weights' exponential moving average, which is what is evaluated and saved")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--spatial-factor", type=int, default=4, help="codec pixels per latent pixel")
@@ -70,9 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
     ap.add_argument("--stop-after", type=int, help="stop after this many steps in total (checkpointed)")
-    ap.add_argument("--clips", type=int, default=16, help="captions sampled and scored")
+    ap.add_argument("--clips", type=int, default=32, help="captions sampled and scored")
     ap.add_argument("--sample-steps", type=int, default=24)
-    ap.add_argument("--cfg", type=float, default=1.0)
+    ap.add_argument("--cfg", type=float, default=3.0, help="guidance of the evaluation samples (default 3)")
     ap.add_argument("--swap-clips", type=int, default=16, help="clips of the word-swap test")
     ap.add_argument("--eval-seed", type=int, default=4242)
     ap.add_argument("--out", default="runs/toy_pilot")
@@ -180,10 +185,12 @@ def main(argv=None) -> dict | None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     sched = warmup_cosine(opt, min(100, args.steps // 10 + 1), args.steps)
     fit = Fitter(model, opt, sched, args.steps)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay))
     g = torch.Generator().manual_seed(args.seed)
     start_step, seconds_before = 0, 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema_model"])
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
         g.set_state(ckpt["generator"])
@@ -192,7 +199,8 @@ def main(argv=None) -> dict | None:
     stop = min(args.steps, args.stop_after if args.stop_after is not None else args.steps)
 
     def checkpoint(step: int) -> None:
-        _save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
+        _save_ckpt(ckpt_path, model=model.state_dict(), ema_model=ema.state_dict(), opt=opt.state_dict(),
+                   sched=sched.state_dict(),
                    generator=g.get_state(), step=step, seconds=seconds_before + fit.elapsed, ema=fit.ema, run=run)
 
     for step in range(start_step, stop):
@@ -201,7 +209,8 @@ def main(argv=None) -> dict | None:
         captions = [a.caption if torch.rand((), generator=g) > 0.1 else "" for _, a in clips]
         with torch.no_grad():
             x0 = codec.encode(to_codec(video))
-        fit.step(step, flow_matching_loss(model, x0, text(captions), g))
+        fit.step(step, flow_matching_loss(model, x0, text(captions), g, shift=args.shift))
+        ema.update_parameters(model)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == stop:
             checkpoint(step + 1)
     if start_step >= stop and not ckpt_path.exists():
@@ -211,8 +220,9 @@ def main(argv=None) -> dict | None:
         print(f"stopped at step {stop} of {args.steps}; continue with --resume", flush=True)
         return None
 
-    model.eval()
-    save_transformer(model, out / "teacher.safetensors", steps=args.steps, seed=args.seed,
+    raw = model.eval()
+    model = ema.module.eval()
+    save_transformer(model, out / "teacher.safetensors", ema_decay=args.ema_decay, steps=args.steps, seed=args.seed,
                      final_loss_ema=f"{fit.ema:.4f}", train_seconds=f"{train_seconds:.0f}")
     start = time.perf_counter()
     truth, attrs = world.batch(args.clips, seed=args.eval_seed)
@@ -223,6 +233,8 @@ def main(argv=None) -> dict | None:
     with torch.no_grad():
         x0 = euler_sample(model, text(captions), text([""] * args.clips), noise, steps=args.sample_steps, cfg=args.cfg)
         samples = from_codec(codec.decode(x0))
+        raw_samples = from_codec(codec.decode(
+            euler_sample(raw, text(captions), text([""] * args.clips), noise, steps=args.sample_steps, cfg=args.cfg)))
         recon = from_codec(codec.decode(codec.encode(to_codec(truth))))
     results = {
         "run": run,
@@ -231,13 +243,16 @@ def main(argv=None) -> dict | None:
         "train_seconds": round(train_seconds, 1),
         "final_loss_ema": fit.ema,
         "teacher": score_videos_v2(samples, captions, wrap=args.wrap, world=world),
+        "teacher_raw_weights": score_videos_v2(raw_samples, captions, wrap=args.wrap, world=world),
         "codec_round_trip": score_videos_v2(recon, captions, wrap=args.wrap, world=world),
         "word_swap": word_swap(model, codec, text, world, args.swap_clips, args.eval_seed + 1),
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     m, ws = results["teacher"], results["word_swap"]
-    print(f"teacher ({args.clips} clips): direction {m['direction']:.3f} shape {m['shape']:.3f} colour {m['color']:.3f} "
+    r = results["teacher_raw_weights"]
+    print(f"raw weights: direction {r['direction']:.3f} shape {r['shape']:.3f} colour {r['color']:.3f} count {r['count']:.3f}")
+    print(f"teacher, EMA weights ({args.clips} clips): direction {m['direction']:.3f} shape {m['shape']:.3f} colour {m['color']:.3f} "
           f"count {m['count']:.3f} speed {m['speed']:.3f} stuck {m['stuck_rate']:.3f} ghost {m['ghost_rate']:.3f}")
     print("word swap (error change): " + " ".join(f"{gr} {ws[gr]['delta']:+.4f}" for gr in SWAP_GROUPS)
           + f"  -> {'routed' if ws['routed'] else 'NOT routed'}")
