@@ -2,6 +2,8 @@
 
 import time
 
+import torch
+
 from stream_r1_fast.toy import demo
 
 
@@ -25,3 +27,26 @@ def test_demo_can_sample_the_teacher(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bidirectional teacher, whole clip at once (4 Euler steps, guidance 1.0; not streaming)" in out
     assert "video:     9 frames of 32x32" in out and "real time" not in out
+
+
+def test_contact_sheet_shows_the_caption_legibly_above_ground_truth_and_generated():
+    import numpy as np
+
+    caption = "a large yellow diamond moving down fast and a small red circle moving left slow on a black background"
+    truth = demo.ground_truth(caption, seed=1, num_frames=9)
+    # The reference is the caption's own clip: the oracle scores it as following the caption.
+    from stream_r1_fast.toy.oracle import score_clip
+
+    m = score_clip(truth, caption)
+    assert m["count"] == m["color"] == 1.0 and m["direction"] >= 0.5
+    font = demo.caption_font(15)
+    assert font.getlength("fast and") > font.getlength("fastand") + 2  # words are separated
+    generated = torch.zeros_like(truth)
+    sheet = np.asarray(demo.contact_sheet([("ground truth", truth), ("generated", generated)], caption, scale=4))
+    one = np.asarray(demo.contact_sheet([("generated", generated)], caption, scale=4))
+    assert sheet.shape[0] - one.shape[0] >= 4 * 32  # a second row of frames
+    assert sheet.shape[1] == 8 * 4 * 32 + 7 * 2  # 8 frames a row
+    # The first row shows the truth's frames (its yellow), the generated row is black.
+    yellow = (sheet[..., 0] > 200) & (sheet[..., 1] > 200) & (sheet[..., 2] < 80)
+    rows_with_yellow = np.nonzero(yellow.any(1))[0]
+    assert rows_with_yellow.max() < one.shape[0]  # only above the generated row's frames

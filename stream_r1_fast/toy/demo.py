@@ -49,17 +49,18 @@ def best_student() -> Path | None:
 
 def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float, generator: str = "auto"):
     """-> (video [T, 3, H, W] in [0, 1], description of the generator, frames per second,
-    seconds to the first decoded chunk (None for the teacher, which has no stream))."""
+    seconds to the first decoded chunk (None for the teacher, which has no stream)). Timed: from
+    the first denoising call to the last decoded frame; loading the weights is not."""
     world = ToyWorld(num_frames=num_frames)
     codec, text = ToyCodec.pretrained(), ToyTextEncoder()
     student = best_student() if generator == "auto" else (None if generator == "teacher" else Path(generator))
-    start = time.perf_counter()
     first = None
     if student is not None:
         from stream_r1_fast.inference import StreamingPipeline
 
-        pipe = StreamingPipeline(load_transformer_file(student), codec, text)
+        pipe = StreamingPipeline(load_transformer_file(student), codec, text)  # set-up: not timed
         chunks = []
+        start = time.perf_counter()
         for chunk in pipe.stream(prompt, num_chunks=pipe.chunks_for_frames(num_frames), height=world.height,
                                  width=world.width, seed=seed):
             chunks.append(chunk.frames)
@@ -74,6 +75,7 @@ def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float,
         latent_frames = 1 + (num_frames - 1) // codec.temporal_factor
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn(1, codec.latent_channels, latent_frames, world.height // s, world.width // s, generator=g)
+        start = time.perf_counter()
         x0 = euler_sample(model, text([prompt]), text([""]), noise, steps=steps, cfg=cfg)
         video = ((codec.decode(x0)[0].permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1)
         what = f"bidirectional teacher, whole clip at once ({steps} Euler steps, guidance {cfg}; not streaming)"
@@ -81,10 +83,65 @@ def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float,
     return video, what, fps, first
 
 
-def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, fps: int = PLAYBACK_FPS) -> list[Path]:
-    """mp4, GIF and a PNG contact sheet of ``video`` [T, 3, H, W] in [0, 1], upscaled ``scale`` x."""
-    import imageio.v2 as imageio
+SHEET_FRAMES = 8  # frames per row of the contact sheet
+
+
+def caption_font(size: int = 15):
+    """A scalable font for the contact sheet's text (Pillow's bundled one: its old bitmap
+    default runs words together at small sizes)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _wrapped(text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and font.getlength(trial) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
+
+
+def contact_sheet(rows: list[tuple[str, torch.Tensor]], caption: str, scale: int = 4):
+    """A PIL image: the caption on top, then one labelled row of ``SHEET_FRAMES`` frames (the
+    same indices) per ``(label, video [T, 3, H, W] in [0, 1])``."""
     from PIL import Image, ImageDraw
+
+    t = rows[0][1].shape[0]
+    picks = sorted({round(i * (t - 1) / max(min(SHEET_FRAMES, t) - 1, 1)) for i in range(min(SHEET_FRAMES, t))})
+    h, w = rows[0][1].shape[2] * scale, rows[0][1].shape[3] * scale
+    font, small = caption_font(15), caption_font(12)
+    pad, label_h = 6, 18
+    width = len(picks) * w + (len(picks) - 1) * 2
+    lines = _wrapped(caption, font, width - 2 * pad)
+    top = pad + 19 * len(lines) + pad
+    sheet = Image.new("RGB", (width, top + len(rows) * (label_h + h + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + 19 * i), line, fill="black", font=font)
+    y = top
+    for label, video in rows:
+        draw.text((pad, y + 2), label, fill=(60, 60, 60), font=small)
+        y += label_h
+        frames = (video.clamp(0, 1) * 255).round().to(torch.uint8)
+        frames = frames.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()
+        for k, i in enumerate(picks):
+            sheet.paste(Image.fromarray(frames[i]), (k * (w + 2), y))
+        y += h + pad
+    return sheet
+
+
+def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, fps: int = PLAYBACK_FPS,
+                  reference: torch.Tensor | None = None) -> list[Path]:
+    """mp4 and GIF of ``video`` [T, 3, H, W] in [0, 1] upscaled ``scale`` x, and a PNG contact
+    sheet: the caption, then ``reference`` (the world's own rendering of the caption) above the
+    generated frames when given."""
+    import imageio.v2 as imageio
+    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     frames = (video.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -94,16 +151,18 @@ def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, 
     Image.fromarray(frames[0]).save(
         paths[1], save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]], duration=1000 // fps, loop=0
     )
-    cols = 8
-    picks = list(range(0, len(frames), max(1, len(frames) // 16)))[:16]
-    h, w = frames.shape[1:3]
-    rows = (len(picks) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * w, rows * h + 24), "white")
-    for k, i in enumerate(picks):
-        sheet.paste(Image.fromarray(frames[i]), ((k % cols) * w, 24 + (k // cols) * h))
-    ImageDraw.Draw(sheet).text((4, 6), caption, fill="black")
-    sheet.save(paths[2])
+    rows = [("generated", video)]
+    if reference is not None:
+        rows.insert(0, ("ground truth: the world's own rendering of the caption (another start position)", reference))
+    contact_sheet(rows, caption).save(paths[2])
     return paths
+
+
+def ground_truth(prompt: str, *, seed: int, num_frames: int) -> torch.Tensor:
+    """The world's rendering of ``prompt`` [T, 3, H, W] (start positions drawn from ``seed``)."""
+    world = ToyWorld(num_frames=num_frames)
+    objects, background = parse_caption(prompt)
+    return world.render(world.rollout(objects, background, generator=torch.Generator().manual_seed(seed)))
 
 
 GRAMMAR = (
@@ -220,7 +279,7 @@ def _run(args) -> int:
             raise
         raise DemoError(f"--generator {args.generator}: cannot load it: {exc}") from exc
     try:
-        paths = write_outputs(video, prompt, out)
+        paths = write_outputs(video, prompt, out, reference=ground_truth(prompt, seed=args.seed, num_frames=args.frames))
     except (OSError, RuntimeError, ValueError) as exc:
         raise DemoError(f"--out {out}: writing the outputs failed: {exc}") from exc
     metrics = score_clip(video, prompt)
