@@ -230,11 +230,13 @@ def main(argv=None) -> dict | None:
     s = codec.spatial_factor
     noise = torch.randn(args.clips, codec.latent_channels, 1 + (args.frames - 1) // 4, 32 // s, 32 // s,
                         generator=torch.Generator().manual_seed(args.eval_seed))
+    cond, uncond = text(captions), text([""] * args.clips)
+
+    def sample(m) -> torch.Tensor:
+        return from_codec(codec.decode(euler_sample(m, cond, uncond, noise, steps=args.sample_steps, cfg=args.cfg)))
+
     with torch.no_grad():
-        x0 = euler_sample(model, text(captions), text([""] * args.clips), noise, steps=args.sample_steps, cfg=args.cfg)
-        samples = from_codec(codec.decode(x0))
-        raw_samples = from_codec(codec.decode(
-            euler_sample(raw, text(captions), text([""] * args.clips), noise, steps=args.sample_steps, cfg=args.cfg)))
+        samples, raw_samples = sample(model), sample(raw)
         recon = from_codec(codec.decode(codec.encode(to_codec(truth))))
     results = {
         "run": run,

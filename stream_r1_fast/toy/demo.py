@@ -106,13 +106,20 @@ def _wrapped(text: str, font, width: int) -> list[str]:
     return lines + [line] if line else lines
 
 
+def _upscaled_uint8(video: torch.Tensor, scale: int):
+    """[T, 3, H, W] in [0, 1] -> uint8 numpy [T, H * scale, W * scale, 3]."""
+    frames = (video.clamp(0, 1) * 255).round().to(torch.uint8)
+    return frames.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()
+
+
 def contact_sheet(rows: list[tuple[str, torch.Tensor]], caption: str, scale: int = 4):
     """A PIL image: the caption on top, then one labelled row of ``SHEET_FRAMES`` frames (the
     same indices) per ``(label, video [T, 3, H, W] in [0, 1])``."""
     from PIL import Image, ImageDraw
 
-    t = rows[0][1].shape[0]
-    picks = sorted({round(i * (t - 1) / max(min(SHEET_FRAMES, t) - 1, 1)) for i in range(min(SHEET_FRAMES, t))})
+    from stream_r1_fast.commands.videos import contact_sheet_indices
+
+    picks = contact_sheet_indices(rows[0][1].shape[0], SHEET_FRAMES)
     h, w = rows[0][1].shape[2] * scale, rows[0][1].shape[3] * scale
     font, small = caption_font(15), caption_font(12)
     pad, label_h = 6, 18
@@ -127,8 +134,7 @@ def contact_sheet(rows: list[tuple[str, torch.Tensor]], caption: str, scale: int
     for label, video in rows:
         draw.text((pad, y + 2), label, fill=(60, 60, 60), font=small)
         y += label_h
-        frames = (video.clamp(0, 1) * 255).round().to(torch.uint8)
-        frames = frames.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()
+        frames = _upscaled_uint8(video, scale)
         for k, i in enumerate(picks):
             sheet.paste(Image.fromarray(frames[i]), (k * (w + 2), y))
         y += h + pad
@@ -144,8 +150,7 @@ def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, 
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
-    frames = (video.clamp(0, 1) * 255).round().to(torch.uint8)
-    frames = frames.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()
+    frames = _upscaled_uint8(video, scale)
     paths = [out / "video.mp4", out / "video.gif", out / "contact_sheet.png"]
     imageio.mimwrite(paths[0], list(frames), fps=fps, macro_block_size=1)
     Image.fromarray(frames[0]).save(
