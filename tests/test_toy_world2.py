@@ -4,6 +4,7 @@ wrap-aware oracle on true, round-tripped and corrupted clips, and a motion-pilot
 import dataclasses
 import importlib.util
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,34 @@ def test_swapped_captions_change_one_word():
         assert len(diff) == 1, (group, diff)
     assert "yellow diamond" in pilot.swapped_caption(at, "color")  # the next colour not taken (blue is)
     assert set(SHAPES) == {"square", "triangle", "diamond"} and len(COLORS) == 5
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the teacher: records (x_t, t) and predicts zero velocity."""
+
+    def forward(self, x, t, text):
+        self.x, self.t = x, t
+        return types.SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def test_frame_noise_loss_draws_one_level_per_latent_frame():
+    from stream_r1_fast.toy.fit import flow_matching_loss
+
+    x0 = torch.randn(64, 2, 5, 3, 3)
+    m = _Recorder()
+    base = flow_matching_loss(m, x0, None, torch.Generator().manual_seed(0), shift=3.0)
+    t_clip = m.t
+    # frame_noise 0 is the clip-level loss: the same draws, the same value.
+    same = flow_matching_loss(m, x0, None, torch.Generator().manual_seed(0), shift=3.0, frame_noise=0.0)
+    assert torch.equal(base, same) and torch.equal(m.t, t_clip) and t_clip.shape == (64,)
+    flow_matching_loss(m, x0, None, torch.Generator().manual_seed(0), shift=3.0, frame_noise=0.5)
+    t = m.t
+    assert t.shape == (64, 5) and bool(((t >= 0) & (t <= 1000)).all())
+    independent = (t != t[:, :1]).any(1)
+    assert 16 < int(independent.sum()) < 48  # about half the clips, independent levels per frame
+    # The clips that keep one level keep the clip-level draw.
+    assert torch.allclose(t[~independent, 0], t_clip[~independent])
+    # x_t is built per frame with that frame's level: x0 recovered exactly where eps is known.
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    s = (t / 1000).view(64, 1, 5, 1, 1)
+    assert torch.allclose(m.x, (1 - s) * x0 + s * eps, atol=1e-6)

@@ -48,7 +48,7 @@ SWAP_GROUPS = tuple(ATTRIBUTE_GROUPS) + ("background",)
 SWAP_TIMESTEPS = (150.0, 350.0, 550.0, 750.0, 950.0)
 # Arguments that define the run: a resumed run must agree on them.
 RUN_ARGS = ("speeds", "patch", "frames", "objects", "half_extent", "wrap", "seed", "steps", "batch", "lr",
-            "shift", "ema_decay", "spatial_factor", "channels", "codec_clips")
+            "shift", "ema_decay", "spatial_factor", "channels", "codec_clips", "frame_noise", "blocks", "heads")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--shift", type=float, default=3.0,
                     help="timestep shift of the training loss (3: Wan's; 1: uniform noise levels)")
+    ap.add_argument("--frame-noise", type=float, default=0.0,
+                    help="fraction of training clips with an independent noise level per latent frame (default 0)")
+    ap.add_argument("--blocks", type=int, default=TEACHER_CONFIG["num_layers"], help="transformer blocks")
+    ap.add_argument("--heads", type=int, default=TEACHER_CONFIG["num_attention_heads"],
+                    help="attention heads of 64 channels each (the width is 64 x heads)")
     ap.add_argument("--ema-decay", type=float, default=0.999,
                     help="decay of the weights' exponential moving average, which is what is evaluated and saved")
     ap.add_argument("--seed", type=int, default=0)
@@ -84,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     ToyWorldV2(num_frames=args.frames, max_objects=args.objects, half_extent=args.half_extent,
                speeds=tuple(args.speeds), wrap=args.wrap)  # validates
+    if not 0 <= args.frame_noise <= 1:
+        ap.error(f"--frame-noise is a fraction in [0, 1], got {args.frame_noise}")
+    if args.blocks < 1 or args.heads < 1:
+        ap.error(f"--blocks and --heads must be >= 1, got {args.blocks}, {args.heads}")
     if args.patch < 1 or (32 // args.spatial_factor) % args.patch:
         ap.error(f"--patch {args.patch} must divide the {32 // args.spatial_factor}x{32 // args.spatial_factor} latent grid")
     return args
@@ -97,8 +106,10 @@ def make_world(args) -> ToyWorldV2:
 def model_config(args, codec: ToyCodec) -> dict:
     """TEACHER_CONFIG with the v2 text width, the pilot's patch and the codec's channels."""
     c = codec.latent_channels
+    width = 64 * args.heads
     return dict(TEACHER_CONFIG, text_dim=ObjectTokenEncoder.text_dim, patch_size=(1, args.patch, args.patch),
-                in_channels=c, out_channels=c)
+                in_channels=c, out_channels=c, num_layers=args.blocks, num_attention_heads=args.heads,
+                ffn_dim=TEACHER_CONFIG["ffn_dim"] * width // (64 * TEACHER_CONFIG["num_attention_heads"]))
 
 
 def to_codec(video: torch.Tensor) -> torch.Tensor:
@@ -209,7 +220,8 @@ def main(argv=None) -> dict | None:
         captions = [a.caption if torch.rand((), generator=g) > 0.1 else "" for _, a in clips]
         with torch.no_grad():
             x0 = codec.encode(to_codec(video))
-        fit.step(step, flow_matching_loss(model, x0, text(captions), g, shift=args.shift))
+        fit.step(step, flow_matching_loss(model, x0, text(captions), g, shift=args.shift,
+                                               frame_noise=args.frame_noise))
         ema.update_parameters(model)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == stop:
             checkpoint(step + 1)

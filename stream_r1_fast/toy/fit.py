@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from stream_r1_fast.scheduling import add_noise, shift_timesteps, velocity
+from stream_r1_fast.scheduling import add_noise, shift_timesteps, velocity, warp_timesteps
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -18,13 +18,29 @@ def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, steps: int) -> torch.
 
 
 def flow_matching_loss(model, x0: torch.Tensor, text: torch.Tensor, g: torch.Generator,
-                       shift: float = 3.0) -> torch.Tensor:
+                       shift: float = 3.0, frame_noise: float = 0.0) -> torch.Tensor:
     """The teachers' loss ``|| v(x_s, s, c) - (eps - x0) ||^2``: eps, then s uniform on
-    (0, 1000] warped by ``shift``, drawn from ``g`` in that order."""
+    (0, 1000] warped by ``shift``, drawn from ``g`` in that order.
+
+    ``frame_noise`` > 0: that fraction of the samples gets an independent noise level per latent
+    frame (diffusion forcing, Chen et al. 2024) instead of one for the whole clip; the model is
+    called with timesteps [B, F]. Frames less noisy than their neighbours make the relation
+    between frames (where the object goes next) worth learning at every noise level. Draws two
+    more tensors from ``g`` (after ``u``) only when it is > 0, so runs without it are unchanged.
+    """
     eps = torch.randn(x0.shape, generator=g)
     u = torch.rand(x0.shape[0], generator=g)
-    t = torch.tensor(shift_timesteps((u * 1000).tolist(), shift))
-    v = model(add_noise(x0, eps, t), t, text).sample
+    if frame_noise <= 0:
+        t = torch.tensor(shift_timesteps((u * 1000).tolist(), shift))
+        v = model(add_noise(x0, eps, t), t, text).sample
+        return ((v.float() - velocity(x0, eps)) ** 2).mean()
+    b, f = x0.shape[0], x0.shape[2]
+    per_frame = torch.rand(b, f, generator=g)
+    independent = torch.rand(b, 1, generator=g) < frame_noise
+    u = torch.where(independent, per_frame, u[:, None].expand(b, f))
+    t = warp_timesteps(u * 1000, shift)  # [B, F]
+    s = (t / 1000).view(b, 1, f, *([1] * (x0.dim() - 3))).to(x0.dtype)
+    v = model((1 - s) * x0 + s * eps, t, text).sample
     return ((v.float() - velocity(x0, eps)) ** 2).mean()
 
 
