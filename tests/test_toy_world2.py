@@ -255,7 +255,7 @@ def test_motion_pilot_smoke_and_resume(tmp_path, capsys):
     pilot = _pilot()
     common = ["--steps", "3", "--batch", "2", "--frames", "9", "--codec-clips", "4", "--clips", "2",
               "--sample-steps", "2", "--swap-clips", "2", "--ckpt-every", "1", "--speeds", "1", "2", "--patch", "2",
-              "--objects", "1", "--seed", "0"]
+              "--objects", "1", "--seed", "0", "--image-ratio", "1", "--frame-noise", "0.5"]
     res = pilot.main(common + ["--out", str(tmp_path / "a")])
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["run"]["steps"] == 3 and saved["tokens_per_latent_frame"] == 16
@@ -264,6 +264,7 @@ def test_motion_pilot_smoke_and_resume(tmp_path, capsys):
     assert set(saved["word_swap"]) >= {"color", "shape", "direction", "speed", "background", "routed"}
     assert res["word_swap"]["routed"] == saved["word_swap"]["routed"]
     assert "word swap" in capsys.readouterr().out
+    assert (tmp_path / "a" / "samples.png").stat().st_size > 0
     # Interrupted after 2 steps and resumed: the same weights as the uninterrupted run.
     assert pilot.main(common + ["--out", str(tmp_path / "b"), "--stop-after", "2"]) is None
     assert not (tmp_path / "b" / "results.json").exists()
@@ -273,6 +274,14 @@ def test_motion_pilot_smoke_and_resume(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(SystemExit):
         pilot.main([*common[:1], "4", *common[2:], "--out", str(tmp_path / "b"), "--resume"])  # another run
+    # A checkpoint from before an option existed resumes with that option at its default.
+    ckpt = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    ckpt["run"]["frame_noise"] = 0.0
+    del ckpt["run"]["blocks"]
+    torch.save(ckpt, tmp_path / "b" / "ckpt.pt")
+    with pytest.raises(SystemExit):  # frame_noise 0.5 now, 0 then
+        pilot.main(common + ["--out", str(tmp_path / "b"), "--resume"])
+    assert pilot.main([*common[:-1], "0", "--out", str(tmp_path / "b"), "--resume"]) is not None
 
 
 def test_swapped_captions_change_one_word():

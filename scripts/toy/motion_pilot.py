@@ -48,7 +48,8 @@ SWAP_GROUPS = tuple(ATTRIBUTE_GROUPS) + ("background",)
 SWAP_TIMESTEPS = (150.0, 350.0, 550.0, 750.0, 950.0)
 # Arguments that define the run: a resumed run must agree on them.
 RUN_ARGS = ("speeds", "patch", "frames", "objects", "half_extent", "wrap", "seed", "steps", "batch", "lr",
-            "shift", "ema_decay", "spatial_factor", "channels", "codec_clips", "frame_noise", "blocks", "heads")
+            "shift", "ema_decay", "spatial_factor", "channels", "codec_clips", "frame_noise", "blocks", "heads",
+            "image_ratio")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="timestep shift of the training loss (3: Wan's; 1: uniform noise levels)")
     ap.add_argument("--frame-noise", type=float, default=0.0,
                     help="fraction of training clips with an independent noise level per latent frame (default 0)")
+    ap.add_argument("--image-ratio", type=int, default=0,
+                    help="R: R of every R + 1 steps train on single frames (images; as many frames as a video "
+                         "step's latent frames, so the same tokens), the other on clips (default 0: clips only)")
     ap.add_argument("--blocks", type=int, default=TEACHER_CONFIG["num_layers"], help="transformer blocks")
     ap.add_argument("--heads", type=int, default=TEACHER_CONFIG["num_attention_heads"],
                     help="attention heads of 64 channels each (the width is 64 x heads)")
@@ -84,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--sample-steps", type=int, default=24)
     ap.add_argument("--cfg", type=float, default=3.0, help="guidance of the evaluation samples (default 3)")
     ap.add_argument("--swap-clips", type=int, default=16, help="clips of the word-swap test")
+    ap.add_argument("--sheet-clips", type=int, default=6, help="captions drawn in --out/samples.png")
     ap.add_argument("--eval-seed", type=int, default=4242)
     ap.add_argument("--out", default="runs/toy_pilot")
     args = ap.parse_args(argv)
@@ -91,11 +96,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                speeds=tuple(args.speeds), wrap=args.wrap)  # validates
     if not 0 <= args.frame_noise <= 1:
         ap.error(f"--frame-noise is a fraction in [0, 1], got {args.frame_noise}")
+    if args.image_ratio < 0:
+        ap.error(f"--image-ratio must be >= 0, got {args.image_ratio}")
     if args.blocks < 1 or args.heads < 1:
         ap.error(f"--blocks and --heads must be >= 1, got {args.blocks}, {args.heads}")
     if args.patch < 1 or (32 // args.spatial_factor) % args.patch:
         ap.error(f"--patch {args.patch} must divide the {32 // args.spatial_factor}x{32 // args.spatial_factor} latent grid")
     return args
+
+
+def run_of(args) -> dict:
+    """The arguments that define a run (RUN_ARGS), as stored in its checkpoint."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k in RUN_ARGS}
 
 
 def make_world(args) -> ToyWorldV2:
@@ -163,6 +175,25 @@ def word_swap(model, codec, text, world, clips: int, seed: int) -> dict:
     return out
 
 
+def save_sheet(path: Path, truth: torch.Tensor, samples: torch.Tensor, captions, clips: int) -> None:
+    """The first ``clips`` captions as contact sheets (the world's clip above the teacher's),
+    stacked into one PNG, to look at what the numbers measure."""
+    from PIL import Image
+
+    from stream_r1_fast.toy.demo import contact_sheet
+
+    sheets = [contact_sheet([("world", truth[i]), ("teacher (EMA)", samples[i])], captions[i])
+              for i in range(min(clips, len(captions)))]
+    if not sheets:
+        return
+    out = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)))
+    y = 0
+    for sheet in sheets:
+        out.paste(sheet, (0, y))
+        y += sheet.height
+    out.save(path)
+
+
 def _save_ckpt(path: Path, **state) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -176,13 +207,15 @@ def main(argv=None) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, codec_path = out / "ckpt.pt", out / "codec.safetensors"
     world, text = make_world(args), ObjectTokenEncoder()
-    run = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k in RUN_ARGS}
+    run = run_of(args)
     ckpt = None
     if args.resume:
         if not ckpt_path.exists():
             sys.exit(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, weights_only=True)  # tensors, numbers, strings: no pickled code
-        diff = {k: (ckpt["run"].get(k), v) for k, v in run.items() if ckpt["run"].get(k) != v}
+        # An option newer than the checkpoint has its default value there.
+        saved = {**run_of(parse_args(["--out", args.out])), **ckpt["run"]}
+        diff = {k: (saved[k], v) for k, v in run.items() if saved[k] != v}
         if diff:
             sys.exit(f"--resume: the checkpoint's run differs (checkpoint, now): {diff}")
         codec = ToyCodec.from_file(codec_path)
@@ -214,8 +247,11 @@ def main(argv=None) -> dict | None:
                    sched=sched.state_dict(),
                    generator=g.get_state(), step=step, seconds=seconds_before + fit.elapsed, ema=fit.ema, run=run)
 
+    latent_frames = 1 + (args.frames - 1) // 4
     for step in range(start_step, stop):
-        clips = [world.sample(g) for _ in range(args.batch)]
+        image_step = step % (args.image_ratio + 1) != 0
+        clips = ([world.sample(g, num_frames=1) for _ in range(args.batch * latent_frames)] if image_step
+                 else [world.sample(g) for _ in range(args.batch)])
         video = torch.stack([c for c, _ in clips])
         captions = [a.caption if torch.rand((), generator=g) > 0.1 else "" for _, a in clips]
         with torch.no_grad():
@@ -263,6 +299,7 @@ def main(argv=None) -> dict | None:
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    save_sheet(out / "samples.png", truth, samples, captions, args.sheet_clips)
     m, ws = results["teacher"], results["word_swap"]
     r = results["teacher_raw_weights"]
     print(f"raw weights: direction {r['direction']:.3f} shape {r['shape']:.3f} colour {r['color']:.3f} count {r['count']:.3f}")
