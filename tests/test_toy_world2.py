@@ -268,6 +268,11 @@ def test_motion_pilot_smoke_and_resume(tmp_path, capsys):
     # Interrupted after 2 steps and resumed: the same weights as the uninterrupted run.
     assert pilot.main(common + ["--out", str(tmp_path / "b"), "--stop-after", "2"]) is None
     assert not (tmp_path / "b" / "results.json").exists()
+    # The checkpoint evaluated where it is: step-stamped results, no teacher file, no training.
+    mid = pilot.main(common + ["--out", str(tmp_path / "b"), "--evaluate-checkpoint"])
+    assert mid["step"] == 2 and (tmp_path / "b" / "results_step2.json").exists()
+    assert (tmp_path / "b" / "samples_step2.png").exists() and not (tmp_path / "b" / "teacher.safetensors").exists()
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)["step"] == 2
     pilot.main(common + ["--out", str(tmp_path / "b"), "--resume"])
     a = load_transformer_file(tmp_path / "a" / "teacher.safetensors").state_dict()
     b = load_transformer_file(tmp_path / "b" / "teacher.safetensors").state_dict()

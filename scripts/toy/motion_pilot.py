@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--codec-clips", type=int, default=64, help="v2 clips the codec is fitted on")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    ap.add_argument("--evaluate-checkpoint", action="store_true",
+                    help="evaluate the EMA weights of --out/ckpt.pt where they are (same arguments as the run; no "
+                         "training) -> results_step<N>.json, samples_step<N>.png")
     ap.add_argument("--stop-after", type=int, help="stop after this many steps in total (checkpointed)")
     ap.add_argument("--clips", type=int, default=32, help="captions sampled and scored")
     ap.add_argument("--sample-steps", type=int, default=24)
@@ -209,7 +212,7 @@ def main(argv=None) -> dict | None:
     world, text = make_world(args), ObjectTokenEncoder()
     run = run_of(args)
     ckpt = None
-    if args.resume:
+    if args.resume or args.evaluate_checkpoint:
         if not ckpt_path.exists():
             sys.exit(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, weights_only=True)  # tensors, numbers, strings: no pickled code
@@ -241,6 +244,8 @@ def main(argv=None) -> dict | None:
         start_step, seconds_before, fit.ema = ckpt["step"], ckpt["seconds"], ckpt["ema"]
         print(f"resumed at step {start_step} ({seconds_before:.0f} s before)", flush=True)
     stop = min(args.steps, args.stop_after if args.stop_after is not None else args.steps)
+    if args.evaluate_checkpoint:
+        stop = start_step
 
     def checkpoint(step: int) -> None:
         _save_ckpt(ckpt_path, model=model.state_dict(), ema_model=ema.state_dict(), opt=opt.state_dict(),
@@ -264,14 +269,16 @@ def main(argv=None) -> dict | None:
     if start_step >= stop and not ckpt_path.exists():
         checkpoint(stop)
     train_seconds = seconds_before + fit.elapsed
-    if stop < args.steps:
+    if stop < args.steps and not args.evaluate_checkpoint:
         print(f"stopped at step {stop} of {args.steps}; continue with --resume", flush=True)
         return None
 
     raw = model.eval()
     model = ema.module.eval()
-    save_transformer(model, out / "teacher.safetensors", ema_decay=args.ema_decay, steps=args.steps, seed=args.seed,
-                     final_loss_ema=f"{fit.ema:.4f}", train_seconds=f"{train_seconds:.0f}")
+    suffix = "" if stop == args.steps else f"_step{stop}"
+    if not suffix:
+        save_transformer(model, out / "teacher.safetensors", ema_decay=args.ema_decay, steps=args.steps,
+                         seed=args.seed, final_loss_ema=f"{fit.ema:.4f}", train_seconds=f"{train_seconds:.0f}")
     start = time.perf_counter()
     truth, attrs = world.batch(args.clips, seed=args.eval_seed)
     captions = [a.caption for a in attrs]
@@ -290,6 +297,7 @@ def main(argv=None) -> dict | None:
         "run": run,
         "parameters": sum(p.numel() for p in model.parameters()),
         "tokens_per_latent_frame": (32 // s // args.patch) ** 2,
+        "step": stop,
         "train_seconds": round(train_seconds, 1),
         "final_loss_ema": fit.ema,
         "teacher": score_videos_v2(samples, captions, wrap=args.wrap, world=world),
@@ -298,8 +306,8 @@ def main(argv=None) -> dict | None:
         "word_swap": word_swap(model, codec, text, world, args.swap_clips, args.eval_seed + 1),
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    save_sheet(out / "samples.png", truth, samples, captions, args.sheet_clips)
+    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    save_sheet(out / f"samples{suffix}.png", truth, samples, captions, args.sheet_clips)
     m, ws = results["teacher"], results["word_swap"]
     r = results["teacher_raw_weights"]
     print(f"raw weights: direction {r['direction']:.3f} shape {r['shape']:.3f} colour {r['color']:.3f} count {r['count']:.3f}")
@@ -307,7 +315,7 @@ def main(argv=None) -> dict | None:
           f"count {m['count']:.3f} speed {m['speed']:.3f} stuck {m['stuck_rate']:.3f} ghost {m['ghost_rate']:.3f}")
     print("word swap (error change): " + " ".join(f"{gr} {ws[gr]['delta']:+.4f}" for gr in SWAP_GROUPS)
           + f"  -> {'routed' if ws['routed'] else 'NOT routed'}")
-    print(f"-> {out / 'results.json'}")
+    print(f"-> {out / f'results{suffix}.json'}")
     return results
 
 
