@@ -28,7 +28,7 @@ from stream_r1_fast.training.config import (
 from training_helpers import tiny_config, tiny_trainer
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ("tiny_wan_smoke", "toy_dmd", "toy_re_dmd", "toy_stream_r1", "toy_stream_r1_inter", "toy_stream_r1_intra",
+RECIPES = ("tiny_wan_smoke", "toy2_dmd", "toy_dmd", "toy_re_dmd", "toy_stream_r1", "toy_stream_r1_inter", "toy_stream_r1_intra",
            "wan2.1_1.3b_stream_r1")
 
 

@@ -1,5 +1,6 @@
 """Each toy training script runs a few steps (--steps) and writes loadable weights."""
 
+import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -122,3 +123,74 @@ def test_compare_evaluates_runs_and_writes_the_report(tmp_path):
     (out / "results.md").unlink()
     _script("compare").main(["--out", str(out), "--report-only"])
     assert (out / "results.md").read_text() == md
+
+
+@pytest.fixture
+def v2_weights(tmp_path, monkeypatch):
+    """A v2 world kit whose weights are a freshly fitted codec and an untrained 2-block teacher
+    (the v2 weights ship once trained): what ``--world v2`` loads."""
+    from stream_r1_fast.models import CausalWanTransformer
+    from stream_r1_fast.toy import kits
+    from stream_r1_fast.toy.models import TEACHER_CONFIG, save_transformer
+    from stream_r1_fast.toy.text2 import ObjectTokenEncoder
+
+    d = tmp_path / "v2"
+    d.mkdir()
+    kit = kits.toy_kit("v2")
+    video, _ = kit.world(num_frames=9).batch(4, seed=0)
+    ToyCodec.fit(video.permute(0, 2, 1, 3, 4) * 2 - 1, 16, 4).save(d / "codec.safetensors")
+    torch.manual_seed(0)
+    save_transformer(CausalWanTransformer(**dict(TEACHER_CONFIG, num_layers=2, text_dim=ObjectTokenEncoder.text_dim)),
+                     d / "teacher.safetensors")
+    monkeypatch.setitem(kits.KITS, "v2", lambda: dataclasses.replace(kit, weights=d))
+    return d
+
+
+def test_ode_init_and_dmd_in_the_v2_world(v2_weights, tmp_path, capsys):
+    from safetensors import safe_open
+
+    _script("ode_init").main(["--world", "v2", "--pairs", "2", "--steps", "2", "--batch", "2"])
+    ode = v2_weights / "student_ode.safetensors"  # the world's default output
+    student = load_transformer_file(ode)
+    assert student.config.text_dim == 32 and student.config.num_layers == 2
+    data = yaml.safe_load((SCRIPTS.parents[1] / "configs" / "toy2_dmd.yaml").read_text())
+    data["data"]["prompts"]["kwargs"]["count"] = 2
+    config = tmp_path / "toy2_dmd.yaml"
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "dmd.safetensors"
+    _script("train_student").main(["--world", "v2", "--method", "dmd", "--config", str(config), "--steps", "1",
+                                   "--batch", "1", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["world"] == "v2" and meta["init"] == "student_ode.safetensors" and meta["steps"] == "1"
+    assert "dmd student: 1 steps" in capsys.readouterr().out
+
+
+def test_train_student_checks_the_world_of_its_config(tmp_path):
+    with pytest.raises(SystemExit, match="the v2 world's is 'stream_r1_fast.toy.recipe:build_models_v2'"):
+        _script("train_student").main(["--world", "v2", "--method", "dmd", "--config",
+                                       str(SCRIPTS.parents[1] / "configs" / "toy_dmd.yaml"), "--run-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="the v2 world has no stream_r1 recipe yet"):
+        _script("train_student").main(["--world", "v2", "--method", "stream_r1", "--run-dir", str(tmp_path)])
+
+
+def test_toy_kits_name_each_worlds_pieces():
+    from stream_r1_fast.toy.kits import toy_kit
+    from stream_r1_fast.toy.recipe import world_captions, world_captions_v2
+    from stream_r1_fast.toy.text import ToyTextEncoder
+    from stream_r1_fast.toy.text2 import ObjectTokenEncoder
+    from stream_r1_fast.toy.world import ToyWorld
+
+    v1, v2 = toy_kit("v1"), toy_kit("v2")
+    assert v1.weights == WEIGHTS and v2.weights == WEIGHTS / "v2"
+    assert isinstance(v1.text_encoder(), ToyTextEncoder) and isinstance(v2.text_encoder(), ObjectTokenEncoder)
+    # v1's captions are those the shipped students were trained on (the same draws as before kits).
+    g = torch.Generator().manual_seed(3)
+    assert world_captions(4, seed=3) == [ToyWorld().sample_attributes(g).caption for _ in range(4)]
+    caps = world_captions_v2(4, seed=3)
+    assert len(caps) == 4 and all(" size " not in c for c in caps)
+    v2.text_encoder()(caps)  # every caption parses in v2's grammar
+    video, attrs = v2.world(num_frames=9).batch(1, seed=0)
+    assert v2.score_clip(video[0], attrs[0].caption)["color"] == 1.0
+    with pytest.raises(ValueError, match="unknown toy world 'v3'"):
+        toy_kit("v3")

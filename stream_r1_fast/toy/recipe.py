@@ -8,7 +8,8 @@
   (:func:`world_captions`): the captions of N random world clips, the distribution the teacher
   was trained on;
 * ``reward.factory: stream_r1_fast.toy.reward:ToyRewardModel.pretrained``, the toy reward model
-  of the reward-weighted modes.
+  of the reward-weighted modes;
+* ``build_models_v2`` / ``world_captions_v2``: the same in toy world v2 (:mod:`~stream_r1_fast.toy.kits`).
 
 So ``stream-r1 train --config toy_stream_r1`` runs DMD, Re-DMD or Stream-R1 on a CPU
 (docs/method.md, docs/toy_world.md). :func:`build_toy_trainer` is the same Trainer built in code
@@ -26,16 +27,17 @@ from stream_r1_fast.training.errors import ConfigError
 from stream_r1_fast.training.preflight import check_model_paths
 
 
-def build_models(config, *, student: str | Path | None = None) -> TrainingModels:
-    """The toy models of a run. ``model.student`` (or ``student``): the student's initial
-    weights (default: the shipped ODE-initialised student, ``weights/student_ode.safetensors``);
-    ``model.teacher``: the real score (default: the shipped teacher); ``model.critic``: the
-    critic's initial weights (default: the teacher's). ``train.device`` defaults to the CPU.
-    FileNotFoundError names a weights file that does not exist."""
-    from stream_r1_fast.toy.codec import ToyCodec
-    from stream_r1_fast.toy.models import WEIGHTS, load_transformer_file
-    from stream_r1_fast.toy.text import ToyTextEncoder
+def build_models(config, *, student: str | Path | None = None, world: str = "v1") -> TrainingModels:
+    """The toy models of a run in toy world ``world`` (:mod:`~stream_r1_fast.toy.kits`).
+    ``model.student`` (or ``student``): the student's initial weights (default: the world's
+    shipped ODE-initialised student, ``<weights>/student_ode.safetensors``); ``model.teacher``:
+    the real score (default: the world's shipped teacher); ``model.critic``: the critic's initial
+    weights (default: the teacher's). ``train.device`` defaults to the CPU. FileNotFoundError
+    names a weights file that does not exist."""
+    from stream_r1_fast.toy.kits import toy_kit
+    from stream_r1_fast.toy.models import load_transformer_file
 
+    kit = toy_kit(world)
     m = config.model
     device = torch.device(config.train.device or "cpu")
     dtype = torch.bfloat16 if m.dtype == "bf16" else torch.float32
@@ -47,15 +49,20 @@ def build_models(config, *, student: str | Path | None = None) -> TrainingModels
             raise FileNotFoundError(f"toy model weights {path} do not exist (see scripts/toy/ for how to make them)")
         return load_transformer_file(path, dtype).to(device).requires_grad_(True)
 
-    teacher_file = WEIGHTS / "teacher.safetensors"
+    teacher_file = kit.weights / "teacher.safetensors"
     return TrainingModels(
-        student=load(student or m.student, WEIGHTS / "student_ode.safetensors"),
+        student=load(student or m.student, kit.weights / "student_ode.safetensors"),
         teacher=load(m.teacher, teacher_file).requires_grad_(False),
         critic=load(m.critic, Path(m.teacher) if m.teacher else teacher_file),
-        text_encoder=ToyTextEncoder(device),
-        vae=ToyCodec.pretrained().to(device),
+        text_encoder=kit.text_encoder(device),
+        vae=kit.codec().to(device),
         device=device,
     )
+
+
+def build_models_v2(config, *, student: str | Path | None = None) -> TrainingModels:
+    """:func:`build_models` in toy world v2 (``model.factory`` of ``configs/toy2_*.yaml``)."""
+    return build_models(config, student=student, world="v2")
 
 
 def preflight_models(config) -> None:
@@ -65,15 +72,23 @@ def preflight_models(config) -> None:
 
 
 build_models.preflight = preflight_models
+build_models_v2.preflight = preflight_models
 
 
 def world_captions(count: int, seed: int = 0) -> list[str]:
     """``count`` captions of random world clips (seed ``seed``)."""
-    from stream_r1_fast.toy.world import ToyWorld
+    from stream_r1_fast.toy.kits import toy_kit
 
     check_captions(count, seed)
-    world, g = ToyWorld(), torch.Generator().manual_seed(seed)
-    return [world.sample_attributes(g).caption for _ in range(count)]
+    return toy_kit("v1").captions(count, seed)
+
+
+def world_captions_v2(count: int, seed: int = 0) -> list[str]:
+    """``count`` captions of random v2 world clips (seed ``seed``)."""
+    from stream_r1_fast.toy.kits import toy_kit
+
+    check_captions(count, seed)
+    return toy_kit("v2").captions(count, seed)
 
 
 def check_captions(count=None, seed: int = 0) -> None:
@@ -85,13 +100,15 @@ def check_captions(count=None, seed: int = 0) -> None:
 
 
 world_captions.preflight = check_captions
+world_captions_v2.preflight = check_captions
 
 
-def build_toy_trainer(config, *, student: str | Path | None = None):
+def build_toy_trainer(config, *, student: str | Path | None = None, world: str = "v1"):
     """A :class:`~stream_r1_fast.training.Trainer` on :func:`build_models` (``student``: the
-    student's initial weights instead of ``model.student``) with the reward model of
-    ``reward.factory``. No preflight: missing weights raise FileNotFoundError."""
-    return assemble_trainer(config, build_models(config, student=student))
+    student's initial weights instead of ``model.student``) in toy world ``world``, with the
+    reward model of ``reward.factory``. No preflight: missing weights raise FileNotFoundError."""
+    return assemble_trainer(config, build_models(config, student=student, world=world))
 
 
-__all__ = ["build_models", "build_toy_trainer", "check_captions", "preflight_models", "world_captions"]
+__all__ = ["build_models", "build_models_v2", "build_toy_trainer", "check_captions", "preflight_models",
+           "world_captions", "world_captions_v2"]
