@@ -164,6 +164,19 @@ def test_ode_init_and_dmd_in_the_v2_world(v2_weights, tmp_path, capsys):
         meta = f.metadata()
     assert meta["world"] == "v2" and meta["init"] == "student_ode.safetensors" and meta["steps"] == "1"
     assert "dmd student: 1 steps" in capsys.readouterr().out
+    # The evaluation streams and scores it in the v2 world (its codec, captions and oracle).
+    from stream_r1_fast.toy.evaluate import sample_teacher, score, stream_student
+    from stream_r1_fast.toy.kits import toy_kit
+
+    kit = toy_kit("v2")
+    caps = kit.captions(2, seed=5)
+    video, fps = stream_student(load_transformer_file(out), caps, 0, num_frames=9, kit=kit)
+    assert video.shape == (2, 9, 3, 32, 32) and fps > 0
+    metrics = score(video, caps, kit=kit)
+    assert {"ghost_rate", "stuck_rate", "direction"} <= set(metrics)
+    video, _ = sample_teacher(load_transformer_file(v2_weights / "teacher.safetensors"), caps, 0, num_frames=9, steps=2,
+                              kit=kit)
+    assert video.shape == (2, 9, 3, 32, 32)
 
 
 def test_train_student_checks_the_world_of_its_config(tmp_path):

@@ -10,7 +10,7 @@ modules:
 * ``text_encoder(device)``: its caption encoder (v1: a token per word; v2: a token per object);
 * ``codec()``: its codec (``<weights>/codec.safetensors``);
 * ``captions(count, seed)``: captions of random clips, the distribution the teacher learned;
-* ``score_clip(video, caption)``: the oracle's metrics of one video [T, 3, H, W] in [0, 1];
+* ``score_clip(video, caption)``: the oracle's metrics (floats) of one video [T, 3, H, W] in [0, 1];
 * ``weights``: the directory of its shipped networks (``teacher.safetensors``,
   ``student_<method>.safetensors``, ``codec.safetensors``, ``reward.safetensors``).
 """
@@ -69,14 +69,15 @@ def _v1() -> ToyKit:
 
 
 def _v2() -> ToyKit:
-    from stream_r1_fast.toy.oracle2 import score_clip_v2
+    from stream_r1_fast.toy.oracle2 import METRICS, score_clip_v2
     from stream_r1_fast.toy.text2 import ObjectTokenEncoder
     from stream_r1_fast.toy.world2 import ToyWorldV2
 
     world = ToyWorldV2()
 
     def score(video: torch.Tensor, caption: str) -> dict:
-        return score_clip_v2(video, caption, wrap=world.wrap, world=world)
+        metrics = score_clip_v2(video, caption, wrap=world.wrap, world=world)
+        return {k: metrics[k] for k in METRICS}  # the floats (not the per-object tracks)
 
     return ToyKit("v2", WEIGHTS / "v2", ToyWorldV2, ObjectTokenEncoder, score)
 
