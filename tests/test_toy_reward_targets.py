@@ -75,3 +75,18 @@ def test_an_empty_clip_scores_zero_ta_and_mq():
 def test_batch_shapes_are_checked():
     with pytest.raises(ValueError, match="B captions"):
         reward_targets_v2_batch(torch.zeros(2, 5, 3, 32, 32), ["x"])
+
+
+def test_spearman_matches_the_pearson_correlation_of_mean_ranks():
+    from stream_r1_fast.toy.reward_targets import spearman
+
+    x = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0])
+    y = torch.tensor([30.0, 10.0, 25.0, 20.0, 40.0])
+    # ranks by hand (ties share 1.5): x -> [3, 0, 1.5, 1.5, 4], y -> [3, 0, 2, 1, 4]
+    rx, ry = torch.tensor([3, 0, 1.5, 1.5, 4.0]), torch.tensor([3, 0, 2, 1, 4.0])
+    expected = float(torch.corrcoef(torch.stack([rx, ry]))[0, 1])
+    assert spearman(x, y) == pytest.approx(expected)
+    assert spearman(x, x.exp()) == pytest.approx(1.0) and spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(x, torch.ones(5)) is None
+    with pytest.raises(ValueError):
+        spearman(x, y[:3])

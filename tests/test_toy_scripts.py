@@ -207,3 +207,25 @@ def test_toy_kits_name_each_worlds_pieces():
     assert v2.score_clip(video[0], attrs[0].caption)["color"] == 1.0
     with pytest.raises(ValueError, match="unknown toy world 'v3'"):
         toy_kit("v3")
+
+
+def test_train_reward_v2_caches_data_trains_and_reports_spearman(v2_weights, tmp_path, capsys):
+    script = _script("train_reward_v2")
+    args = ["--teacher", str(v2_weights / "teacher.safetensors"), "--teacher-steps", "2", "--teacher-cfg", "1",
+            "--frames", "9", "--captions", "3", "--eval-captions", "3", "--steps", "2", "--groups", "2",
+            "--data", str(tmp_path / "data"), "--out", str(tmp_path / "reward.safetensors")]
+    res = script.main(args)
+    names = script.generators(script.parse_args(args))
+    assert names[:3] == ["truth", "codec", "swap"] and names[-1] == "teacher0:2:1"
+    assert set(res["per_generator"]) == set(names)
+    assert all(-1 <= v <= 1 for v in res["overall"].values() if v is not None)
+    model = ToyRewardModel.from_file(tmp_path / "reward.safetensors")
+    assert model.world == "v2" and float(model.std.min()) > 0
+    out = model.rewards(torch.rand(2, 9, 3, 32, 32), ["a red square moving left fast on a black background"] * 2)
+    assert out.raw.shape == (2, 3)
+    cached = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert len(cached) == 2 * len(names) and "train_truth_3_s0.pt" in cached
+    assert "held-out Spearman" in capsys.readouterr().out
+    # A second run reuses every cached clip (no generator runs again).
+    script.main(args)
+    assert "clips in" not in capsys.readouterr().out

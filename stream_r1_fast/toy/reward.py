@@ -29,17 +29,56 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from stream_r1_fast.rewards.base import RewardOutput, check_video, normalize
-from stream_r1_fast.toy.text import TEXT_DIM, ToyTextEncoder
-from stream_r1_fast.toy.world import BACKGROUNDS, COLORS, VOCABULARY
 
 WEIGHTS = Path(__file__).parent / "weights"
+WORLDS = ("v1", "v2")
+
+
+class _CaptionWords:
+    """Where a world's caption embedding names colours and the background: ``colors(text)``
+    [B, K] and ``backdrops(text)`` [B, NB] (> 0 where named), beside the palette [K, 3] and the
+    background colours [NB, 3] of that world."""
+
+    def __init__(self, world: str):
+        if world == "v1":
+            from stream_r1_fast.toy.text import TEXT_DIM, ToyTextEncoder
+            from stream_r1_fast.toy.world import BACKGROUNDS, COLORS, VOCABULARY
+
+            self.encoder, self.text_dim = ToyTextEncoder(), TEXT_DIM
+            self.palette = list(COLORS.values())
+            self.backdrop_rgb = [[(a + b) / 2 for a, b in zip(*v)] for v in BACKGROUNDS.values()]
+            words = [VOCABULARY.index(c) for c in COLORS], [VOCABULARY.index(n.split()[0]) for n in BACKGROUNDS]
+            # word counts of the caption's word-slot tokens
+            self._colors = lambda text: text[..., : len(VOCABULARY)].sum(1)[:, words[0]]
+            self._backdrops = lambda text: text[..., : len(VOCABULARY)].sum(1)[:, words[1]]
+        elif world == "v2":
+            from stream_r1_fast.toy.text2 import GROUPS, TEXT_DIM, ObjectTokenEncoder
+            from stream_r1_fast.toy.world2 import BACKGROUNDS, COLORS
+
+            self.encoder, self.text_dim = ObjectTokenEncoder(), TEXT_DIM
+            self.palette, self.backdrop_rgb = list(COLORS.values()), list(BACKGROUNDS.values())
+            (c0, cs), (b0, bs) = GROUPS["color"], GROUPS["background"]
+            # one-hots of the object tokens (summed) and of the background token
+            self._colors = lambda text: text[..., c0:c0 + len(cs)].sum(1)
+            self._backdrops = lambda text: text[..., b0:b0 + len(bs)].sum(1)
+        else:
+            raise ValueError(f"unknown toy world {world!r}; choose one of {WORLDS}")
+
+    def colors(self, text: torch.Tensor) -> torch.Tensor:
+        return self._colors(text)
+
+    def backdrops(self, text: torch.Tensor) -> torch.Tensor:
+        return self._backdrops(text)
 
 
 class ToyRewardModel(nn.Module):
-    """VQ / MQ / TA reward network for 32x32 toy videos (any T >= 3; H, W multiples of 4)."""
+    """VQ / MQ / TA reward network for 32x32 toy videos (any T >= 3; H, W multiples of 4) of
+    toy world ``world`` (v1 or v2: its caption encoder, palette and backgrounds)."""
 
-    def __init__(self, width: int = 32, text_width: int = 32):
+    def __init__(self, width: int = 32, text_width: int = 32, world: str = "v1"):
         super().__init__()
+        words = _CaptionWords(world)
+        self.world, self._words = world, words
         c = width
         self.frame = nn.Sequential(
             nn.Conv2d(9, 16, 3, padding=1), nn.GELU(),
@@ -53,7 +92,7 @@ class ToyRewardModel(nn.Module):
         )
         self.vq_head = nn.Sequential(nn.Linear(2 * c + 2, c), nn.GELU(), nn.Linear(c, 1))
         self.mq_head = nn.Sequential(nn.Linear(2 * m + 6, c), nn.GELU(), nn.Linear(c, 1))
-        self.text_proj = nn.Sequential(nn.Linear(TEXT_DIM, text_width), nn.GELU(), nn.Linear(text_width, text_width))
+        self.text_proj = nn.Sequential(nn.Linear(words.text_dim, text_width), nn.GELU(), nn.Linear(text_width, text_width))
         self.video_proj = nn.Sequential(nn.Linear(2 * c + 2 * m, text_width), nn.GELU(), nn.Linear(text_width, text_width))
         self.ta_head = nn.Sequential(nn.Linear(3 * text_width, text_width), nn.GELU(), nn.Linear(text_width, 1))
         self.ta_palette = nn.Linear(3, 1)
@@ -62,15 +101,11 @@ class ToyRewardModel(nn.Module):
         nn.init.zeros_(self.ta_palette.weight)
         nn.init.zeros_(self.ta_palette.bias)
         # Palette and background colours, and where their names sit in the text embedding.
-        self.register_buffer("palette", torch.tensor(list(COLORS.values())), persistent=False)
-        self.register_buffer(
-            "backdrops", torch.tensor([[(a + b) / 2 for a, b in zip(*v)] for v in BACKGROUNDS.values()]), persistent=False
-        )
-        self.color_words = [VOCABULARY.index(c) for c in COLORS]
-        self.backdrop_words = [VOCABULARY.index(name.split()[0]) for name in BACKGROUNDS]
+        self.register_buffer("palette", torch.tensor(words.palette), persistent=False)
+        self.register_buffer("backdrops", torch.tensor(words.backdrop_rgb), persistent=False)
         self.register_buffer("mean", torch.zeros(3))
         self.register_buffer("std", torch.ones(3))
-        self.text = ToyTextEncoder()
+        self.text = words.encoder
         # Variance-preserving init: with PyTorch's default the pooled features of a 5-layer stack
         # start ~1e-4 in scale and training stalls for hundreds of steps.
         for mod in self.modules():
@@ -110,12 +145,11 @@ class ToyRewardModel(nn.Module):
         # Plus a palette term on a soft colour histogram of the pixels (log fraction of pixels
         # near each colour): the rarest colour the caption names, the most common colour it does
         # not name, and the background it names.
-        bag = text[..., : len(VOCABULARY)].sum(1)  # word counts [B, V]
-        named = (bag[:, self.color_words] > 0).float()
+        named = (self._words.colors(text) > 0).float()
         colors = self._fraction_near(video, self.palette)  # [B, K]
         rarest_named = -torch.logsumexp(-colors * 4 - (1 - named) * 1e4, 1) / 4
         commonest_other = torch.logsumexp(colors * 4 - named * 1e4, 1) / 4
-        backdrop = (bag[:, self.backdrop_words] * self._fraction_near(video, self.backdrops)).sum(1)
+        backdrop = (self._words.backdrops(text) * self._fraction_near(video, self.backdrops)).sum(1)
         ta = ta + self.ta_palette(torch.stack([rarest_named, commonest_other, backdrop], 1))
         return torch.cat([vq, mq, ta], 1)
 
@@ -132,15 +166,20 @@ class ToyRewardModel(nn.Module):
 
     def save(self, path: str | Path, **metadata) -> None:
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path),
-                  metadata={k: str(v) for k, v in metadata.items()})
+                  metadata={"world": self.world, **{k: str(v) for k, v in metadata.items()}})
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ToyRewardModel":
-        model = cls()
+        """A saved reward model (its world from the file's metadata; v1 without one), frozen."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            world = (f.metadata() or {}).get("world", "v1")
+        model = cls(world=world)
         model.load_state_dict(load_file(str(path)))
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def pretrained(cls) -> "ToyRewardModel":
-        """The shipped reward model (``weights/reward.safetensors``), frozen."""
-        return cls.from_file(WEIGHTS / "reward.safetensors")
+    def pretrained(cls, world: str = "v1") -> "ToyRewardModel":
+        """The shipped reward model of ``world`` (``weights/[v2/]reward.safetensors``), frozen."""
+        return cls.from_file(WEIGHTS / ("reward.safetensors" if world == "v1" else f"{world}/reward.safetensors"))

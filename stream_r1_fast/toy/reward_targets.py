@@ -88,6 +88,28 @@ def reward_targets_v2(video: torch.Tensor, caption: str, *, world: ToyWorldV2 | 
     return torch.tensor([vq, mq, ta])
 
 
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of ``x`` [n], ties given their mean rank."""
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    values, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    return (sums / counts)[inverse]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Spearman's rank correlation of two [n] tensors (ties: mean ranks); None when either is
+    constant (no ranking to compare)."""
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"need two [n] tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    rx, ry = _ranks(x.double()), _ranks(y.double())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / denom if denom > 0 else None
+
+
 def reward_targets_v2_batch(videos: torch.Tensor, captions, *, world: ToyWorldV2 | None = None) -> torch.Tensor:
     """[B, 3] targets of videos [B, T, 3, H, W]."""
     if videos.dim() != 5 or len(captions) != videos.shape[0]:
@@ -95,4 +117,4 @@ def reward_targets_v2_batch(videos: torch.Tensor, captions, *, world: ToyWorldV2
     return torch.stack([reward_targets_v2(v, c, world=world) for v, c in zip(videos, captions)])
 
 
-__all__ = ["TARGET_AXES", "off_palette_fraction", "reward_targets_v2", "reward_targets_v2_batch"]
+__all__ = ["TARGET_AXES", "off_palette_fraction", "reward_targets_v2", "reward_targets_v2_batch", "spearman"]
