@@ -49,7 +49,7 @@ SWAP_TIMESTEPS = (150.0, 350.0, 550.0, 750.0, 950.0)
 # Arguments that define the run: a resumed run must agree on them.
 RUN_ARGS = ("speeds", "patch", "frames", "objects", "half_extent", "wrap", "seed", "steps", "batch", "lr",
             "shift", "ema_decay", "spatial_factor", "channels", "codec_clips", "frame_noise", "blocks", "heads",
-            "image_ratio")
+            "image_ratio", "whiten")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--spatial-factor", type=int, default=4, help="codec pixels per latent pixel")
     ap.add_argument("--channels", type=int, default=16, help="codec latent channels")
+    ap.add_argument("--whiten", action="store_true",
+                    help="codec latents scaled to unit variance per channel (default: one factor for all)")
     ap.add_argument("--codec-clips", type=int, default=64, help="v2 clips the codec is fitted on")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
@@ -224,7 +226,7 @@ def main(argv=None) -> dict | None:
         codec = ToyCodec.from_file(codec_path)
     else:
         fit_video, _ = world.batch(args.codec_clips, seed=args.seed + 10_000)
-        codec = ToyCodec.fit(to_codec(fit_video), args.channels, args.spatial_factor)
+        codec = ToyCodec.fit(to_codec(fit_video), args.channels, args.spatial_factor, per_channel=args.whiten)
         codec.save(codec_path)
 
     torch.manual_seed(args.seed)

@@ -31,7 +31,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 class ToyCodec(nn.Module):
     """Linear causal codec: ``temporal_factor`` 4, ``spatial_factor`` s (4), ``latent_channels`` C.
 
-    Buffers: ``basis`` [C, D] (orthonormal rows), ``mean`` [D], ``scale`` [] with
+    Buffers: ``basis`` [C, D] (orthonormal rows), ``mean`` [D], ``scale`` [] or [C] with
     D = 4 * s * s * 3 laid out as (frame, row, col, rgb).
     """
 
@@ -99,8 +99,11 @@ class ToyCodec(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def fit(cls, videos: torch.Tensor, latent_channels: int = 16, spatial_factor: int = 4) -> "ToyCodec":
-        """PCA of the group vectors of ``videos`` [N, 3, T, H, W] in [-1, 1]."""
+    def fit(cls, videos: torch.Tensor, latent_channels: int = 16, spatial_factor: int = 4,
+            per_channel: bool = False) -> "ToyCodec":
+        """PCA of the group vectors of ``videos`` [N, 3, T, H, W] in [-1, 1]. ``per_channel``:
+        each latent channel scaled to unit variance (as the Wan VAE's per-channel latent
+        statistics do), instead of one factor for all (the spectrum kept)."""
         codec = cls(latent_channels, spatial_factor)
         g = codec._groups(videos.float()).reshape(-1, codec.mean.numel()).double()
         mean = g.mean(0)
@@ -110,7 +113,11 @@ class ToyCodec(nn.Module):
         basis = basis * torch.sign(basis[torch.arange(latent_channels), basis.abs().argmax(1)])[:, None]
         codec.basis.copy_(basis.float())
         codec.mean.copy_(mean.float())
-        codec.scale.copy_(((g - mean) @ basis.T).std().float())
+        z = (g - mean) @ basis.T
+        if per_channel:
+            codec.scale = z.std(0).float()
+        else:
+            codec.scale.copy_(z.std().float())
         return codec
 
     def save(self, path: str | Path) -> None:
@@ -125,6 +132,7 @@ class ToyCodec(nn.Module):
             meta = f.metadata() or {}
         state = load_file(str(path))
         codec = cls(state["basis"].shape[0], int(meta.get("spatial_factor", 4)))
+        codec.scale = torch.ones_like(state["scale"])  # [] (one factor) or [C] (per channel)
         codec.load_state_dict(state)
         return codec.eval()
 
