@@ -289,6 +289,21 @@ def test_motion_pilot_smoke_and_resume(tmp_path, capsys):
     assert pilot.main([*common[:-1], "0", "--out", str(tmp_path / "b"), "--resume"]) is not None
 
 
+def test_motion_pilot_continues_from_an_earlier_stage(tmp_path):
+    pilot = _pilot()
+    common = ["--steps", "1", "--batch", "2", "--frames", "9", "--codec-clips", "4", "--clips", "1",
+              "--sample-steps", "1", "--swap-clips", "1", "--patch", "2", "--seed", "0", "--blocks", "2"]
+    pilot.main(common + ["--objects", "1", "--out", str(tmp_path / "s1")])
+    first = tmp_path / "s1" / "teacher.safetensors"
+    pilot.main(common + ["--objects", "2", "--init", str(first), "--steps", "2", "--out", str(tmp_path / "s2")])
+    a, b = ToyCodec.from_file(tmp_path / "s1" / "codec.safetensors"), ToyCodec.from_file(tmp_path / "s2" / "codec.safetensors")
+    assert torch.equal(a.basis, b.basis)  # the stage keeps the latents its weights were trained on
+    w1, w2 = (load_transformer_file(tmp_path / d / "teacher.safetensors").state_dict() for d in ("s1", "s2"))
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    with pytest.raises(SystemExit, match="another model"):
+        pilot.main(common[:-1] + ["3", "--init", str(first), "--out", str(tmp_path / "s3")])
+
+
 def test_swapped_captions_change_one_word():
     pilot = _pilot()
     _, at = _two_object_clip()

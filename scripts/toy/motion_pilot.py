@@ -38,7 +38,7 @@ from stream_r1_fast.models import CausalWanTransformer
 from stream_r1_fast.scheduling import add_noise, velocity
 from stream_r1_fast.toy.codec import ToyCodec
 from stream_r1_fast.toy.fit import Fitter, flow_matching_loss, warmup_cosine
-from stream_r1_fast.toy.models import TEACHER_CONFIG, save_transformer
+from stream_r1_fast.toy.models import TEACHER_CONFIG, load_transformer_file, save_transformer
 from stream_r1_fast.toy.oracle2 import score_videos_v2
 from stream_r1_fast.toy.sampling import euler_sample
 from stream_r1_fast.toy.text2 import ObjectTokenEncoder
@@ -49,7 +49,7 @@ SWAP_TIMESTEPS = (150.0, 350.0, 550.0, 750.0, 950.0)
 # Arguments that define the run: a resumed run must agree on them.
 RUN_ARGS = ("speeds", "patch", "frames", "objects", "half_extent", "wrap", "seed", "steps", "batch", "lr",
             "shift", "ema_decay", "spatial_factor", "channels", "codec_clips", "frame_noise", "blocks", "heads",
-            "image_ratio", "whiten")
+            "image_ratio", "whiten", "init")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--whiten", action="store_true",
                     help="codec latents scaled to unit variance per channel (default: one factor for all)")
     ap.add_argument("--codec-clips", type=int, default=64, help="v2 clips the codec is fitted on")
+    ap.add_argument("--init", help="start from these weights (a teacher.safetensors of an earlier stage, with its "
+                                   "codec.safetensors beside it) instead of a random initialisation")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
     ap.add_argument("--evaluate-checkpoint", action="store_true",
@@ -224,6 +226,12 @@ def main(argv=None) -> dict | None:
         if diff:
             sys.exit(f"--resume: the checkpoint's run differs (checkpoint, now): {diff}")
         codec = ToyCodec.from_file(codec_path)
+    elif args.init:
+        beside = Path(args.init).with_name("codec.safetensors")
+        if not Path(args.init).is_file() or not beside.is_file():
+            sys.exit(f"--init: need {args.init} and its codec {beside}")
+        codec = ToyCodec.from_file(beside)  # the latents the weights were trained on
+        codec.save(codec_path)
     else:
         fit_video, _ = world.batch(args.codec_clips, seed=args.seed + 10_000)
         codec = ToyCodec.fit(to_codec(fit_video), args.channels, args.spatial_factor, per_channel=args.whiten)
@@ -231,6 +239,13 @@ def main(argv=None) -> dict | None:
 
     torch.manual_seed(args.seed)
     model = CausalWanTransformer(**model_config(args, codec)).train()
+    if args.init and ckpt is None:
+        start_from = load_transformer_file(args.init)
+        mine, theirs = ({k: v for k, v in dict(m.config).items() if not k.startswith("_")} for m in (model, start_from))
+        if mine != theirs:
+            sys.exit(f"--init: {args.init} is another model than --blocks/--heads/--patch make: "
+                     + ", ".join(f"{k} {theirs.get(k)} vs {v}" for k, v in mine.items() if theirs.get(k) != v))
+        model.load_state_dict(start_from.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     sched = warmup_cosine(opt, min(100, args.steps // 10 + 1), args.steps)
     fit = Fitter(model, opt, sched, args.steps)
