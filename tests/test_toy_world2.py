@@ -293,7 +293,17 @@ def test_motion_pilot_continues_from_an_earlier_stage(tmp_path):
     pilot = _pilot()
     common = ["--steps", "1", "--batch", "2", "--frames", "9", "--codec-clips", "4", "--clips", "1",
               "--sample-steps", "1", "--swap-clips", "1", "--patch", "2", "--seed", "0", "--blocks", "2"]
-    pilot.main(common + ["--objects", "1", "--out", str(tmp_path / "s1")])
+    pilot.main(common + ["--objects", "1", "--out", str(tmp_path / "s1"), "--ship", str(tmp_path / "ship")])
+    shipped = load_transformer_file(tmp_path / "ship" / "teacher.safetensors")  # float16 on disk, float32 loaded
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ship" / "teacher.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+        assert json.loads(f.metadata()["run"])["objects"] == 1
+    ema = load_transformer_file(tmp_path / "s1" / "teacher.safetensors").state_dict()
+    for k, v in shipped.state_dict().items():
+        assert v.dtype == torch.float32 and torch.allclose(v, ema[k], rtol=1e-3, atol=1e-4)
+    assert (tmp_path / "ship" / "codec.safetensors").exists() and (tmp_path / "ship" / "teacher_results.json").exists()
     first = tmp_path / "s1" / "teacher.safetensors"
     pilot.main(common + ["--objects", "2", "--init", str(first), "--steps", "2", "--out", str(tmp_path / "s2")])
     a, b = ToyCodec.from_file(tmp_path / "s1" / "codec.safetensors"), ToyCodec.from_file(tmp_path / "s2" / "codec.safetensors")

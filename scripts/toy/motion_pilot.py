@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--codec-clips", type=int, default=64, help="v2 clips the codec is fitted on")
     ap.add_argument("--init", help="start from these weights (a teacher.safetensors of an earlier stage, with its "
                                    "codec.safetensors beside it) instead of a random initialisation")
+    ap.add_argument("--ship", help="also write the EMA teacher (float16), its codec and results.json into this "
+                                   "directory (e.g. stream_r1_fast/toy/weights/v2)")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
     ap.add_argument("--evaluate-checkpoint", action="store_true",
@@ -324,6 +326,14 @@ def main(argv=None) -> dict | None:
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
     (out / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    if args.ship and not suffix:
+        ship = Path(args.ship)
+        save_transformer(model, ship / "teacher.safetensors", dtype=torch.float16, ema_decay=args.ema_decay,
+                         steps=args.steps, seed=args.seed, train_seconds=f"{train_seconds:.0f}",
+                         run=json.dumps(run))
+        codec.save(ship / "codec.safetensors")
+        (ship / "teacher_results.json").write_text(json.dumps(results, indent=2))
+        print(f"shipped -> {ship}")
     save_sheet(out / f"samples{suffix}.png", truth, samples, captions, args.sheet_clips)
     m, ws = results["teacher"], results["word_swap"]
     r = results["teacher_raw_weights"]

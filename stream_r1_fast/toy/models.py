@@ -22,11 +22,16 @@ TEACHER_CONFIG = preset(
 )
 
 
-def save_transformer(model: CausalWanTransformer, path: str | Path, **metadata) -> None:
-    """safetensors with the model config (and training facts) in the metadata."""
+def save_transformer(model: CausalWanTransformer, path: str | Path, dtype: torch.dtype | None = None,
+                     **metadata) -> None:
+    """safetensors with the model config (and training facts) in the metadata; ``dtype``: the
+    stored dtype of floating tensors (e.g. float16 to ship; :func:`load_transformer_file` loads
+    into float32 weights)."""
     meta = {"config": json.dumps(dict(model.config)), **{k: str(v) for k, v in metadata.items()}}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
 
 
 def load_transformer_file(path: str | Path, dtype: torch.dtype = torch.float32) -> CausalWanTransformer:
