@@ -1,6 +1,5 @@
 """Each toy training script runs a few steps (--steps) and writes loadable weights."""
 
-import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -136,13 +135,12 @@ def v2_weights(tmp_path, monkeypatch):
 
     d = tmp_path / "v2"
     d.mkdir()
-    kit = kits.toy_kit("v2")
-    video, _ = kit.world(num_frames=9).batch(4, seed=0)
+    video, _ = kits.toy_kit("v2").world(num_frames=9).batch(4, seed=0)
     ToyCodec.fit(video.permute(0, 2, 1, 3, 4) * 2 - 1, 16, 4).save(d / "codec.safetensors")
     torch.manual_seed(0)
     save_transformer(CausalWanTransformer(**dict(TEACHER_CONFIG, num_layers=2, text_dim=ObjectTokenEncoder.text_dim)),
                      d / "teacher.safetensors")
-    monkeypatch.setitem(kits.KITS, "v2", lambda: dataclasses.replace(kit, weights=d))
+    monkeypatch.setitem(kits.KITS, "v2", lambda: kits._v2(d))
     return d
 
 
@@ -207,6 +205,21 @@ def test_toy_kits_name_each_worlds_pieces():
     assert v2.score_clip(video[0], attrs[0].caption)["color"] == 1.0
     with pytest.raises(ValueError, match="unknown toy world 'v3'"):
         toy_kit("v3")
+
+
+def test_the_v2_kit_follows_the_world_its_teacher_was_trained_on(tmp_path):
+    import json
+
+    from stream_r1_fast.models import CausalWanTransformer
+    from stream_r1_fast.toy import kits
+    from stream_r1_fast.toy.models import TEACHER_CONFIG, save_transformer
+
+    assert kits._v2(tmp_path).world().max_objects == 2  # no teacher: the world's defaults
+    save_transformer(CausalWanTransformer(**dict(TEACHER_CONFIG, num_layers=1, text_dim=32)),
+                     tmp_path / "teacher.safetensors", run=json.dumps({"objects": 1, "speeds": [1.0, 3.0], "seed": 4}))
+    world = kits._v2(tmp_path).world(num_frames=9)
+    assert (world.min_objects, world.max_objects, world.speeds, world.num_frames) == (1, 1, (1.0, 3.0), 9)
+    assert all(len(c.split(" and ")) == 1 for c in kits._v2(tmp_path).captions(8))
 
 
 def test_train_reward_v2_caches_data_trains_and_reports_spearman(v2_weights, tmp_path, capsys):

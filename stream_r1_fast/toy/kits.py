@@ -6,7 +6,8 @@ Two worlds exist while v2 is being trained (docs/toy_world.md, "World v2"): ``v1
 names one world's pieces, so a script takes ``--world v1|v2`` instead of importing one world's
 modules:
 
-* ``world(num_frames)``: the clip generator;
+* ``world(num_frames)``: the clip generator (v2: with the settings its shipped teacher was
+  trained on, recorded in the teacher's file: objects per clip, speeds, object size, wrap);
 * ``text_encoder(device)``: its caption encoder (v1: a token per word; v2: a token per object);
 * ``codec()``: its codec (``<weights>/codec.safetensors``);
 * ``captions(count, seed)``: captions of random clips, the distribution the teacher learned;
@@ -68,18 +69,40 @@ def _v1() -> ToyKit:
     return ToyKit("v1", WEIGHTS, ToyWorld, ToyTextEncoder, score_clip)
 
 
-def _v2() -> ToyKit:
+def v2_world_settings(weights: Path) -> dict:
+    """The :class:`~stream_r1_fast.toy.world2.ToyWorldV2` settings the teacher in ``weights`` was
+    trained on (the ``run`` its file records: objects, speeds, object size, wrap), {} if none."""
+    import json
+
+    path = weights / "teacher.safetensors"
+    if not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        run = json.loads((f.metadata() or {}).get("run", "{}"))
+    keys = {"objects": "max_objects", "speeds": "speeds", "half_extent": "half_extent", "wrap": "wrap"}
+    return {field: tuple(run[k]) if k == "speeds" else run[k] for k, field in keys.items() if k in run}
+
+
+def _v2(weights: Path = WEIGHTS / "v2") -> ToyKit:
+    import functools
+
     from stream_r1_fast.toy.oracle2 import METRICS, score_clip_v2
     from stream_r1_fast.toy.text2 import ObjectTokenEncoder
     from stream_r1_fast.toy.world2 import ToyWorldV2
 
-    world = ToyWorldV2()
+    settings = v2_world_settings(weights)
+    if settings.get("max_objects") == 1:
+        settings["min_objects"] = 1
+    make_world = functools.partial(ToyWorldV2, **settings)
+    world = make_world()
 
     def score(video: torch.Tensor, caption: str) -> dict:
         metrics = score_clip_v2(video, caption, wrap=world.wrap, world=world)
         return {k: metrics[k] for k in METRICS}  # the floats (not the per-object tracks)
 
-    return ToyKit("v2", WEIGHTS / "v2", ToyWorldV2, ObjectTokenEncoder, score)
+    return ToyKit("v2", weights, make_world, ObjectTokenEncoder, score)
 
 
 KITS: dict[str, Callable[[], ToyKit]] = {"v1": _v1, "v2": _v2}
@@ -92,4 +115,4 @@ def toy_kit(name: str = "v1") -> ToyKit:
     return KITS[name]()
 
 
-__all__ = ["KITS", "ToyKit", "toy_kit"]
+__all__ = ["KITS", "ToyKit", "toy_kit", "v2_world_settings"]
