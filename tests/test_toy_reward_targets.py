@@ -90,3 +90,12 @@ def test_spearman_matches_the_pearson_correlation_of_mean_ranks():
     assert spearman(x, torch.ones(5)) is None
     with pytest.raises(ValueError):
         spearman(x, y[:3])
+
+
+def test_vq_does_not_read_the_caption_and_a_wrong_background_word_lowers_ta(clips):
+    world, video, attrs = clips
+    other = {"black": "gray", "gray": "brown", "brown": "black"}
+    wrong_bg = [caption_of(a.objects, other[a.background]) for a in attrs]
+    t0, t = _targets(world, video, attrs), _targets(world, video, attrs, wrong_bg)
+    torch.testing.assert_close(t[:, VQ], t0[:, VQ])
+    assert bool((t[:, TA] < t0[:, TA] - 0.1).all())

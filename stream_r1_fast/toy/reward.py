@@ -96,6 +96,10 @@ class ToyRewardModel(nn.Module):
         self.video_proj = nn.Sequential(nn.Linear(2 * c + 2 * m, text_width), nn.GELU(), nn.Linear(text_width, text_width))
         self.ta_head = nn.Sequential(nn.Linear(3 * text_width, text_width), nn.GELU(), nn.Linear(text_width, 1))
         self.ta_palette = nn.Linear(3, 1)
+        # v2's MQ target is the motion of the objects the caption names at the captioned speed,
+        # so its MQ head also sees the caption (v1's MQ was caption-free).
+        self.mq_text = (nn.Sequential(nn.Linear(2 * m + text_width, c), nn.GELU(), nn.Linear(c, 1))
+                        if world == "v2" else None)
         # Zero start: a random start on these large (log-scale) inputs gives a badly miscalibrated
         # TA logit that the training (lr 10x the rest, see train_reward.py) must first undo.
         nn.init.zeros_(self.ta_palette.weight)
@@ -135,12 +139,15 @@ class ToyRewardModel(nn.Module):
         mq_stats = torch.stack([log(e1.mean(1)), log(e1.amin(1)), log(e1.amax(1)),
                                 log(e2.mean(1)), log(e2.amax(1)), log(e2.median(1).values)], 1) / 10
         vq = self.vq_head(torch.cat([a.mean((2, 3, 4)), a.std((2, 3, 4)), vq_stats / 10], 1))
-        mq = self.mq_head(torch.cat([m.mean((2, 3, 4)), m.abs().amax(2).mean((2, 3)), mq_stats], 1))
-        # TA: a video embedding (pooled appearance + motion) against the caption's word-slot
-        # tokens, projected and averaged over the words.
+        motion = torch.cat([m.mean((2, 3, 4)), m.abs().amax(2).mean((2, 3))], 1)
+        mq = self.mq_head(torch.cat([motion, mq_stats], 1))
+        # TA: a video embedding (pooled appearance + motion) against the caption's tokens,
+        # projected and averaged over the (non-empty) tokens.
         video_emb = self.video_proj(torch.cat([a.mean((2, 3, 4)), a.amax((2, 3, 4)), m.mean((2, 3, 4)), m.amax((2, 3, 4))], 1))
         words = (text.abs().sum(-1) > 0).float().unsqueeze(-1)  # [B, Lt, 1]
         text_emb = (self.text_proj(text) * words).sum(1) / words.sum(1).clamp_min(1)
+        if self.mq_text is not None:
+            mq = mq + self.mq_text(torch.cat([motion, text_emb], 1))
         ta = self.ta_head(torch.cat([video_emb, text_emb, video_emb * text_emb], 1))
         # Plus a palette term on a soft colour histogram of the pixels (log fraction of pixels
         # near each colour): the rarest colour the caption names, the most common colour it does

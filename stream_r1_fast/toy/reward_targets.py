@@ -6,8 +6,9 @@ reward model is trained instead to reproduce these targets, computed from the pi
 caption and the world's rules (:mod:`~stream_r1_fast.toy.oracle2`), on generated clips as well
 as true and corrupted ones:
 
-* **TA** (text alignment): the mean of the oracle's count, colour, shape and direction: the
-  fraction of what the caption says that the clip shows;
+* **TA** (text alignment): the mean of the oracle's count, colour, shape and direction and of
+  whether the clip's background is the captioned one: the fraction of what the caption says
+  that the clip shows;
 * **MQ** (motion quality): per caption object, ``speed_match x steadiness``, averaged; an object
   never seen whole scores 0. Motion is measured over 4-frame spans (the codec's temporal
   group, inside which a codec reconstructs motion unevenly): ``d`` = the centroid's wrap-aware
@@ -15,11 +16,13 @@ as true and corrupted ones:
   ``speed_match = exp(-|log(achieved / captioned)|)`` with ``achieved = median |d| / 4``
   (px/frame), so 1 at the captioned speed, 1/2 at twice or half of it, ~0 standing still;
   ``steadiness = 1 - mean(min(1, |d - median d| / (4 captioned)))``: jitter, frozen spans
-  and teleports are spans off the object's own steady velocity;
-* **VQ** (visual quality): ``exp(-background_error / 0.05) x (1 - off_palette)``: the mean
-  absolute error of the background pixels against the captioned background colour, and the
-  fraction of pixels that are neither near the background, nor a palette colour, nor a mix of
-  the two (noise, smears, wrong hues).
+  and teleports are spans off the object's own steady velocity. MQ is about the objects the
+  caption names (their speed is the captioned one), so the reward's MQ head sees the caption;
+* **VQ** (visual quality): ``exp(-background_error / 0.05) x (1 - off_palette)`` against the
+  background the clip shows (the world background most pixels are near; the caption does not
+  enter VQ): the mean absolute error of the pixels no palette colour covers, and the fraction of
+  pixels that are neither near that background, nor a palette colour, nor a mix of the two
+  (noise, smears, wrong hues).
 
 Direction is in TA and speed in MQ, as in VideoAlign's split of text alignment and motion.
 """
@@ -75,6 +78,21 @@ def _motion_quality(tracks: list[dict], objects, world: ToyWorldV2) -> float:
     return sum(scores) / len(scores)
 
 
+def shown_background(video: torch.Tensor) -> str:
+    """The world background most of the pixels of ``video`` [T, 3, H, W] are near."""
+    near = {name: float(((video - torch.tensor(rgb).view(1, 3, 1, 1)).abs().amax(1) < NEAR_BACKGROUND).float().mean())
+            for name, rgb in BACKGROUNDS.items()}
+    return max(near, key=near.get)
+
+
+def background_error(video: torch.Tensor, background: str) -> float:
+    """Mean absolute error, against the ``background`` colour, of the pixels no palette colour covers."""
+    bg = torch.tensor(BACKGROUNDS[background]).view(1, 3, 1, 1)
+    covered = sum(coverage(video, BACKGROUNDS[background], rgb) for rgb in COLORS.values())
+    free = covered < 0.05
+    return float(((video - bg).abs().mean(1) * free).sum() / free.sum().clamp_min(1))
+
+
 def reward_targets_v2(video: torch.Tensor, caption: str, *, world: ToyWorldV2 | None = None) -> torch.Tensor:
     """Targets [3] (VQ, MQ, TA) in [0, 1] of one video [T, 3, H, W] in [0, 1] against its v2
     caption (module doc); ``world``: its object size, speeds and wrap (default ToyWorldV2())."""
@@ -82,9 +100,10 @@ def reward_targets_v2(video: torch.Tensor, caption: str, *, world: ToyWorldV2 | 
     video = video.detach().float().cpu().clamp(0, 1)
     m = score_clip_v2(video, caption, wrap=world.wrap, world=world)
     objects, background = parse_caption(caption)
-    ta = sum(m[k] for k in TA_METRICS) / len(TA_METRICS)
+    shown = shown_background(video)
+    ta = (sum(m[k] for k in TA_METRICS) + float(shown == background)) / (len(TA_METRICS) + 1)
     mq = _motion_quality(m["tracks"], objects, world)
-    vq = math.exp(-m["background_error"] / BACKGROUND_SCALE) * (1 - off_palette_fraction(video, background))
+    vq = math.exp(-background_error(video, shown) / BACKGROUND_SCALE) * (1 - off_palette_fraction(video, shown))
     return torch.tensor([vq, mq, ta])
 
 
@@ -117,4 +136,4 @@ def reward_targets_v2_batch(videos: torch.Tensor, captions, *, world: ToyWorldV2
     return torch.stack([reward_targets_v2(v, c, world=world) for v, c in zip(videos, captions)])
 
 
-__all__ = ["TARGET_AXES", "off_palette_fraction", "reward_targets_v2", "reward_targets_v2_batch", "spearman"]
+__all__ = ["TARGET_AXES", "background_error", "off_palette_fraction", "shown_background", "reward_targets_v2", "reward_targets_v2_batch", "spearman"]
