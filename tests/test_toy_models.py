@@ -42,6 +42,27 @@ def test_shipped_weights_fit_the_budget():
     assert sum(f.stat().st_size for f in files) <= 25 * 2**20
 
 
+def test_all_shipped_weights_fit_the_package_budget():
+    """v1 and, while it is being trained, v2 (weights/v2/) together stay within 30 MiB."""
+    files = sorted(WEIGHTS.rglob("*.safetensors"))
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20, [(f.name, f.stat().st_size) for f in files]
+
+
+def test_the_shipped_v2_teacher_loads_with_its_codec_and_world():
+    from stream_r1_fast.toy.kits import toy_kit
+
+    kit = toy_kit("v2")
+    if not (kit.weights / "teacher.safetensors").is_file():
+        pytest.skip("no v2 teacher shipped")
+    teacher, codec = load_transformer_file(kit.weights / "teacher.safetensors"), kit.codec()
+    assert teacher.config.in_channels == codec.latent_channels and teacher.config.text_dim == 32
+    world = kit.world(num_frames=9)
+    video, attrs = world.batch(1, seed=0)
+    x0 = codec.encode(video.permute(0, 2, 1, 3, 4) * 2 - 1)
+    v = teacher(x0, 500.0, kit.text_encoder()([attrs[0].caption])).sample
+    assert v.shape == x0.shape and bool(torch.isfinite(v).all())
+
+
 def test_teacher_loads_and_predicts():
     model = load_teacher()
     assert model.config.num_layers == TEACHER_CONFIG["num_layers"]
