@@ -302,7 +302,7 @@ def main(argv=None) -> dict | None:
     truth, attrs = world.batch(args.clips, seed=args.eval_seed)
     captions = [a.caption for a in attrs]
     s = codec.spatial_factor
-    noise = torch.randn(args.clips, codec.latent_channels, 1 + (args.frames - 1) // 4, 32 // s, 32 // s,
+    noise = torch.randn(args.clips, codec.latent_channels, latent_frames, 32 // s, 32 // s,
                         generator=torch.Generator().manual_seed(args.eval_seed))
     cond, uncond = text(captions), text([""] * args.clips)
 

@@ -47,7 +47,8 @@ def main(argv=None) -> None:
     teacher, text, codec = load_transformer_file(args.teacher), kit.text_encoder(), kit.codec()
     timesteps = student_sampler().timesteps
     captions = kit.captions(args.pairs, seed=1000 + args.seed)
-    grid = kit.world().height // codec.spatial_factor, kit.world().width // codec.spatial_factor
+    world = kit.world()
+    grid = world.height // codec.spatial_factor, world.width // codec.spatial_factor
     g = torch.Generator().manual_seed(args.seed)
     frames = CHUNK_FRAMES * NUM_CHUNKS
     states, ends = [], []
