@@ -29,6 +29,19 @@ def test_shipped_codec_reconstructs(clips):
     assert psnr > 25, psnr
 
 
+def test_frame_layout_helpers_match_the_codec_layout(clips):
+    """encode_frames/decode_frames take and give the worlds' [B, T, 3, H, W] in [0, 1]."""
+    codec = ToyCodec.pretrained()
+    frames = ((clips + 1) / 2).permute(0, 2, 1, 3, 4)
+    z = codec.encode_frames(frames)
+    torch.testing.assert_close(z, codec.encode(clips))
+    out = codec.decode_frames(z)
+    assert out.shape == frames.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    torch.testing.assert_close(out, ((codec.decode(z) + 1) / 2).permute(0, 2, 1, 3, 4))
+    torch.testing.assert_close(codec.round_trip(frames), out)
+    assert float((out - frames).abs().mean()) < 0.05
+
+
 def test_first_frame_is_its_own_group(clips):
     codec = ToyCodec.pretrained()
     z = codec.encode(clips)

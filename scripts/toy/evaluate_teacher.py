@@ -40,8 +40,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     x0 = euler_sample(load_teacher(), text(captions), text([""] * args.clips), noise, steps=args.steps, cfg=args.cfg)
     seconds = time.perf_counter() - start
-    samples = ((codec.decode(x0).permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
-    recon = ((codec.decode(codec.encode(truth.permute(0, 2, 1, 3, 4) * 2 - 1)).permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
+    samples = codec.decode_frames(x0)
+    recon = codec.round_trip(truth)
     reward = ToyRewardModel.pretrained()
     rows = {"ground truth": truth, "codec round trip": recon, f"teacher ({args.steps} steps, cfg {args.cfg})": samples}
     print(f"{args.clips} captions (seed {args.seed}); teacher sampling {seconds:.1f} s "

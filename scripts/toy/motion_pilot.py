@@ -133,15 +133,6 @@ def model_config(args, codec: ToyCodec) -> dict:
                 ffn_dim=TEACHER_CONFIG["ffn_dim"] * width // (64 * TEACHER_CONFIG["num_attention_heads"]))
 
 
-def to_codec(video: torch.Tensor) -> torch.Tensor:
-    """[B, T, 3, H, W] in [0, 1] -> [B, 3, T, H, W] in [-1, 1]."""
-    return video.permute(0, 2, 1, 3, 4) * 2 - 1
-
-
-def from_codec(video: torch.Tensor) -> torch.Tensor:
-    return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
-
-
 def swapped_caption(attrs, group: str) -> str:
     """The caption with object 0's ``group`` word (or the background) swapped for the next value
     of the group (a colour no other object has)."""
@@ -161,7 +152,7 @@ def swapped_caption(attrs, group: str) -> str:
 def word_swap(model, codec, text, world, clips: int, seed: int) -> dict:
     """Per group: mean (swapped - true) v-prediction error over ``clips`` clips x SWAP_TIMESTEPS."""
     video, attrs = world.batch(clips, seed=seed)
-    x0 = codec.encode(to_codec(video))
+    x0 = codec.encode_frames(video)
     g = torch.Generator().manual_seed(seed + 1)
     noises = [torch.randn(x0.shape, generator=g) for _ in SWAP_TIMESTEPS]
 
@@ -236,7 +227,7 @@ def main(argv=None) -> dict | None:
         codec.save(codec_path)
     else:
         fit_video, _ = world.batch(args.codec_clips, seed=args.seed + 10_000)
-        codec = ToyCodec.fit(to_codec(fit_video), args.channels, args.spatial_factor, per_channel=args.whiten)
+        codec = ToyCodec.fit(fit_video.permute(0, 2, 1, 3, 4) * 2 - 1, args.channels, args.spatial_factor, per_channel=args.whiten)
         codec.save(codec_path)
 
     torch.manual_seed(args.seed)
@@ -279,7 +270,7 @@ def main(argv=None) -> dict | None:
         video = torch.stack([c for c, _ in clips])
         captions = [a.caption if torch.rand((), generator=g) > 0.1 else "" for _, a in clips]
         with torch.no_grad():
-            x0 = codec.encode(to_codec(video))
+            x0 = codec.encode_frames(video)
         fit.step(step, flow_matching_loss(model, x0, text(captions), g, shift=args.shift,
                                                frame_noise=args.frame_noise))
         ema.update_parameters(model)
@@ -307,11 +298,11 @@ def main(argv=None) -> dict | None:
     cond, uncond = text(captions), text([""] * args.clips)
 
     def sample(m) -> torch.Tensor:
-        return from_codec(codec.decode(euler_sample(m, cond, uncond, noise, steps=args.sample_steps, cfg=args.cfg)))
+        return codec.decode_frames(euler_sample(m, cond, uncond, noise, steps=args.sample_steps, cfg=args.cfg))
 
     with torch.no_grad():
         samples, raw_samples = sample(model), sample(raw)
-        recon = from_codec(codec.decode(codec.encode(to_codec(truth))))
+        recon = codec.round_trip(truth)
     results = {
         "run": run,
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -81,12 +81,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def round_trip(codec: ToyCodec, video: torch.Tensor) -> torch.Tensor:
-    """videos [B, T, 3, H, W] in [0, 1] through ``codec`` and back (same layout and range)."""
-    x = codec.decode(codec.encode(video.permute(0, 2, 1, 3, 4) * 2 - 1))
-    return ((x.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
-
-
 def swapped_caption(attrs, rng: random.Random) -> str:
     """The caption with one attribute of one object (or the background) changed."""
     import dataclasses
@@ -126,14 +120,14 @@ def make_split(name: str, split: str, count: int, args, world: ToyWorldV2, codec
     if name == "truth":
         video = truth
     elif name == "codec":
-        video = round_trip(codec, truth)
+        video = codec.round_trip(truth)
     elif name == "swap":
         video, captions = truth, [swapped_caption(a, rng) for a in attrs]
     elif kind[0] == "visual":
-        video = torch.stack([corrupt_visual(v, kind[1], rng) for v in round_trip(codec, truth)])
+        video = torch.stack([corrupt_visual(v, kind[1], rng) for v in codec.round_trip(truth)])
     elif kind[0] == "motion":
         bad = torch.stack([corrupt_motion(world, a, kind[1], rng) for a in attrs])
-        video = round_trip(codec, bad)
+        video = codec.round_trip(bad)
     elif kind[0].startswith("teacher"):
         path = args.teacher[int(kind[0][len("teacher"):])]
         kit = _with_codec(kit, path, codec)

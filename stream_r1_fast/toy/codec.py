@@ -92,6 +92,18 @@ class ToyCodec(nn.Module):
         g = latents.float().permute(0, 2, 3, 4, 1) * self.scale @ self.basis + self.mean
         return self._ungroup(g, first).clamp(-1.0, 1.0)
 
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """Clips as the toy worlds make them, [B, T, 3, H, W] in [0, 1] -> latents (as :meth:`encode`)."""
+        return self.encode(video.permute(0, 2, 1, 3, 4) * 2 - 1)
+
+    def decode_frames(self, latents: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """latents -> clips in the worlds' layout, [B, T, 3, H, W] in [0, 1] (the inverse of :meth:`encode_frames`)."""
+        return ((self.decode(latents, first).permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
+
+    def round_trip(self, video: torch.Tensor) -> torch.Tensor:
+        """Clips [B, T, 3, H, W] in [0, 1] through the codec and back: what a perfect generator could show."""
+        return self.decode_frames(self.encode_frames(video))
+
     def streaming_decoder(self) -> "ToyStreamingDecoder":
         return ToyStreamingDecoder(self)
 

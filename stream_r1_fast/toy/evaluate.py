@@ -31,11 +31,6 @@ POLICIES = {
 }
 
 
-def _to_unit(video: torch.Tensor) -> torch.Tensor:
-    """codec output [B, 3, T, H, W] in [-1, 1] -> [B, T, 3, H, W] in [0, 1]."""
-    return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
-
-
 def sample_teacher(teacher, captions: Sequence[str], seed: int, *, num_frames: int = 33, steps: int = 24,
                    cfg: float = 1.0, kit: ToyKit | None = None) -> tuple[torch.Tensor, float]:
     """Whole-clip samples of the bidirectional teacher -> (videos [B, T, 3, H, W], frames per second)."""
@@ -49,7 +44,7 @@ def sample_teacher(teacher, captions: Sequence[str], seed: int, *, num_frames: i
     noise = torch.randn(len(captions), codec.latent_channels, latent_frames, *grid, generator=g)
     start = time.perf_counter()
     x0 = euler_sample(teacher, text(list(captions)), text([""] * len(captions)), noise, steps=steps, cfg=cfg)
-    video = _to_unit(codec.decode(x0))
+    video = codec.decode_frames(x0)
     return video, video.shape[0] * video.shape[1] / (time.perf_counter() - start)
 
 
