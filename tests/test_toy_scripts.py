@@ -1,6 +1,7 @@
 """Each toy training script runs a few steps (--steps) and writes loadable weights."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -242,3 +243,19 @@ def test_train_reward_v2_caches_data_trains_and_reports_spearman(v2_weights, tmp
     # A second run reuses every cached clip (no generator runs again).
     script.main(args)
     assert "clips in" not in capsys.readouterr().out
+
+
+def test_teacher_sampling_scores_each_sampler_setting(v2_weights, tmp_path, capsys):
+    mod = _script("teacher_sampling")
+    out = tmp_path / "sampling.json"
+    rows = mod.main(["--weights", str(v2_weights), "--clips", "2", "--frames", "9",
+                     "--setting", "steps=2,cfg=1", "--setting", "steps=3,cfg=2.5,shift=1", "--out", str(out)])
+    assert [r["sampler"] for r in rows] == [{"steps": 2, "cfg": 1.0, "shift": 3.0}, {"steps": 3, "cfg": 2.5, "shift": 1.0}]
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and all(0 <= r["metrics"]["count"] <= 1 for r in rows)
+    assert "steps   3 cfg  2.5 shift 1.0: count" in capsys.readouterr().out
+    for bad in ("steps=0", "cfg=x", "guidance=2", "steps"):
+        with pytest.raises(SystemExit):
+            mod.main(["--weights", str(v2_weights), "--setting", bad])
+    with pytest.raises(SystemExit):
+        mod.main(["--weights", str(tmp_path / "nowhere")])

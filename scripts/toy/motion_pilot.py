@@ -14,7 +14,7 @@ of the time) and its optimiser (AdamW, warm-up + cosine, grad clip 1). The codec
 as an uninterrupted run (``--stop-after N`` stops early, as if interrupted).
 
 Then ``--clips`` captions (fresh clips of ``--eval-seed``) are sampled (Euler, ``--sample-steps``,
-``--cfg``) and scored by the v2 oracle, beside the codec round trip of the true clips; and the
+``--cfg``, default 1: no guidance) and scored by the v2 oracle, beside the codec round trip of the true clips; and the
 word-swap test: for each attribute group (colour, shape, direction, speed, background), the
 mean change of the teacher's v-prediction error on the true clips when one word of that group
 in the caption is swapped for another value. It must be > 0 for every group for the text to be
@@ -95,7 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--stop-after", type=int, help="stop after this many steps in total (checkpointed)")
     ap.add_argument("--clips", type=int, default=32, help="captions sampled and scored")
     ap.add_argument("--sample-steps", type=int, default=24)
-    ap.add_argument("--cfg", type=float, default=3.0, help="guidance of the evaluation samples (default 3)")
+    ap.add_argument("--cfg", type=float, default=1.0,
+                    help="guidance of the evaluation samples (default 1 = none: the shipped v2 teacher follows its "
+                         "captions best unguided, see scripts/toy/teacher_sampling.py)")
     ap.add_argument("--swap-clips", type=int, default=16, help="clips of the word-swap test")
     ap.add_argument("--sheet-clips", type=int, default=6, help="captions drawn in --out/samples.png")
     ap.add_argument("--eval-seed", type=int, default=4242)
@@ -308,6 +310,7 @@ def main(argv=None) -> dict | None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "tokens_per_latent_frame": (32 // s // args.patch) ** 2,
         "step": stop,
+        "sampler": {"steps": args.sample_steps, "cfg": args.cfg, "shift": 3.0},
         "train_seconds": round(train_seconds, 1),
         "final_loss_ema": fit.ema,
         "teacher": score_videos_v2(samples, captions, wrap=args.wrap, world=world),
