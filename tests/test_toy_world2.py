@@ -315,14 +315,22 @@ def test_motion_pilot_continues_from_an_earlier_stage(tmp_path):
 
 
 def test_swapped_captions_change_one_word():
-    pilot = _pilot()
+    from stream_r1_fast.toy.world2 import swap_alternatives, swapped_caption
+
     _, at = _two_object_clip()
-    for group in pilot.SWAP_GROUPS:
-        swapped = pilot.swapped_caption(at, group)
-        parse_caption(swapped)
-        diff = [(a, b) for a, b in zip(at.caption.split(), swapped.split()) if a != b]
-        assert len(diff) == 1, (group, diff)
-    assert "yellow diamond" in pilot.swapped_caption(at, "color")  # the next colour not taken (blue is)
+    for group in _pilot().SWAP_GROUPS:
+        for index in range(1 if group == "background" else len(at.objects)):
+            for value in swap_alternatives(at, group, index):
+                swapped = swapped_caption(at, group, index, value)
+                parse_caption(swapped)
+                diff = [(a, b) for a, b in zip(at.caption.split(), swapped.split()) if a != b]
+                assert len(diff) == 1 and diff[0][1] == value, (group, diff)
+    assert "yellow diamond" in swapped_caption(at, "color")  # the next colour not taken (blue is)
+    assert not {o.color for o in at.objects} & set(swap_alternatives(at, "color", 1))
+    with pytest.raises(ValueError, match="not a swap"):
+        swapped_caption(at, "shape", 0, at.objects[0].shape)
+    with pytest.raises(ValueError, match="group must be"):
+        swap_alternatives(at, "size")
     assert set(SHAPES) == {"square", "triangle", "diamond"} and len(COLORS) == 5
 
 

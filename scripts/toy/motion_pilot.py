@@ -24,7 +24,6 @@ routed (v1's teacher: exactly 0 for direction and speed). Results -> ``--out``/r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -42,7 +41,7 @@ from stream_r1_fast.toy.models import TEACHER_CONFIG, load_transformer_file, sav
 from stream_r1_fast.toy.oracle2 import score_videos_v2
 from stream_r1_fast.toy.sampling import euler_sample
 from stream_r1_fast.toy.text2 import ObjectTokenEncoder
-from stream_r1_fast.toy.world2 import ATTRIBUTE_GROUPS, BACKGROUNDS, ToyWorldV2, caption_of
+from stream_r1_fast.toy.world2 import ATTRIBUTE_GROUPS, ToyWorldV2, swapped_caption
 
 SWAP_GROUPS = tuple(ATTRIBUTE_GROUPS) + ("background",)
 SWAP_TIMESTEPS = (150.0, 350.0, 550.0, 750.0, 950.0)
@@ -133,21 +132,6 @@ def model_config(args, codec: ToyCodec) -> dict:
     return dict(TEACHER_CONFIG, text_dim=ObjectTokenEncoder.text_dim, patch_size=(1, args.patch, args.patch),
                 in_channels=c, out_channels=c, num_layers=args.blocks, num_attention_heads=args.heads,
                 ffn_dim=TEACHER_CONFIG["ffn_dim"] * width // (64 * TEACHER_CONFIG["num_attention_heads"]))
-
-
-def swapped_caption(attrs, group: str) -> str:
-    """The caption with object 0's ``group`` word (or the background) swapped for the next value
-    of the group (a colour no other object has)."""
-    objects = list(attrs.objects)
-    if group == "background":
-        names = list(BACKGROUNDS)
-        return caption_of(objects, names[(names.index(attrs.background) + 1) % len(names)])
-    values = list(ATTRIBUTE_GROUPS[group])
-    taken = {getattr(o, group) for o in objects[1:]} if group == "color" else set()
-    i = values.index(getattr(objects[0], group))
-    new = next(values[(i + k) % len(values)] for k in range(1, len(values)) if values[(i + k) % len(values)] not in taken)
-    objects[0] = dataclasses.replace(objects[0], **{group: new})
-    return caption_of(objects, attrs.background)
 
 
 @torch.no_grad()

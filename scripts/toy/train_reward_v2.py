@@ -81,21 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def swapped_caption(attrs, rng: random.Random) -> str:
-    """The caption with one attribute of one object (or the background) changed."""
-    import dataclasses
+def random_swap(attrs, rng: random.Random) -> str:
+    """The caption with one attribute of one object (or the background) changed at random."""
+    from stream_r1_fast.toy.world2 import swap_alternatives, swapped_caption
 
-    from stream_r1_fast.toy.world2 import BACKGROUNDS, caption_of
-
-    objects = list(attrs.objects)
     group = rng.choice(list(ATTRIBUTE_GROUPS) + ["background"])
-    if group == "background":
-        return caption_of(objects, rng.choice([b for b in BACKGROUNDS if b != attrs.background]))
-    i = rng.randrange(len(objects))
-    taken = {o.color for o in objects} if group == "color" else {getattr(objects[i], group)}
-    objects[i] = dataclasses.replace(objects[i], **{group: rng.choice([v for v in ATTRIBUTE_GROUPS[group]
-                                                                        if v not in taken])})
-    return caption_of(objects, attrs.background)
+    index = 0 if group == "background" else rng.randrange(len(attrs.objects))
+    return swapped_caption(attrs, group, index, rng.choice(swap_alternatives(attrs, group, index)))
 
 
 def generators(args) -> list[str]:
@@ -122,7 +114,7 @@ def make_split(name: str, split: str, count: int, args, world: ToyWorldV2, codec
     elif name == "codec":
         video = codec.round_trip(truth)
     elif name == "swap":
-        video, captions = truth, [swapped_caption(a, rng) for a in attrs]
+        video, captions = truth, [random_swap(a, rng) for a in attrs]
     elif kind[0] == "visual":
         video = torch.stack([corrupt_visual(v, kind[1], rng) for v in codec.round_trip(truth)])
     elif kind[0] == "motion":

@@ -106,6 +106,36 @@ def caption_of(objects: Sequence[ObjectSpecV2], background: str) -> str:
     return " and ".join(o.phrase() for o in objects) + f" on a {background} background"
 
 
+def swap_alternatives(attrs, group: str, index: int = 0) -> list[str]:
+    """The words object ``index``'s ``group`` word (or, for ``group == "background"``, the
+    background) could be swapped for in ``attrs``' caption, in the group's order: any other
+    value, except that a colour no object already has (colours tell objects apart)."""
+    if group == "background":
+        return [b for b in BACKGROUNDS if b != attrs.background]
+    if group not in ATTRIBUTE_GROUPS:
+        raise ValueError(f"group must be one of {list(ATTRIBUTE_GROUPS) + ['background']}, got {group!r}")
+    taken = {o.color for o in attrs.objects} if group == "color" else {getattr(attrs.objects[index], group)}
+    return [v for v in ATTRIBUTE_GROUPS[group] if v not in taken]
+
+
+def swapped_caption(attrs, group: str, index: int = 0, value: str | None = None) -> str:
+    """``attrs``' caption with one word changed: object ``index``'s ``group`` word (or the
+    background) set to ``value`` (one of :func:`swap_alternatives`; default the next one after
+    the current word in the group's order, cyclically)."""
+    options = swap_alternatives(attrs, group, index)
+    if value is None:
+        order = list(BACKGROUNDS) if group == "background" else list(ATTRIBUTE_GROUPS[group])
+        now = order.index(attrs.background if group == "background" else getattr(attrs.objects[index], group))
+        value = min(options, key=lambda v: (order.index(v) - now) % len(order))
+    elif value not in options:
+        raise ValueError(f"{value!r} is not a swap for the {group} word here; options: {options}")
+    objects = list(attrs.objects)
+    if group == "background":
+        return caption_of(objects, value)
+    objects[index] = dataclasses.replace(objects[index], **{group: value})
+    return caption_of(objects, attrs.background)
+
+
 def parse_caption(caption: str) -> tuple[list[ObjectSpecV2], str]:
     """The inverse of :func:`caption_of`; a ValueError names what does not parse."""
     if not isinstance(caption, str):
