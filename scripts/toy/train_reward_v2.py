@@ -122,38 +122,22 @@ def make_split(name: str, split: str, count: int, args, world: ToyWorldV2, codec
         video = codec.round_trip(bad)
     elif kind[0].startswith("teacher"):
         path = args.teacher[int(kind[0][len("teacher"):])]
-        kit = _with_codec(kit, path, codec)
         video, _ = sample_teacher(load_transformer_file(path), captions, seed + 7, num_frames=args.frames,
-                                  steps=int(kind[1]), cfg=float(kind[2]), kit=kit)
+                                  steps=int(kind[1]), cfg=float(kind[2]), kit=kit, codec=codec_of(path, codec))
     elif kind[0].startswith("student"):
         path = args.student[int(kind[0][len("student"):])]
         video, _ = stream_student(load_transformer_file(path), captions, seed + 7, num_frames=args.frames,
-                                  kit=_with_codec(kit, path, codec))
+                                  kit=kit, codec=codec_of(path, codec))
     else:
         raise ValueError(f"unknown generator {name!r}")
     targets = reward_targets_v2_batch(video, captions, world=world)
     return {"video": (video.clamp(0, 1) * 255).round().to(torch.uint8), "captions": captions, "targets": targets}
 
 
-def _with_codec(kit, path: str, default: ToyCodec):
-    """``kit`` with the generator's codec: the one beside its weights, else ``default``'s file."""
-    import dataclasses
-
+def codec_of(path: str, default: ToyCodec) -> ToyCodec:
+    """A generator's codec: the one beside its weights, else ``default``."""
     beside = Path(path).with_name("codec.safetensors")
-    return dataclasses.replace(kit, weights=beside.parent) if beside.is_file() else _DefaultCodecKit(kit, default)
-
-
-class _DefaultCodecKit:
-    """A kit whose codec is a given one (the rest delegated)."""
-
-    def __init__(self, kit, codec: ToyCodec):
-        self._kit, self._codec = kit, codec
-
-    def codec(self) -> ToyCodec:
-        return self._codec
-
-    def __getattr__(self, name):
-        return getattr(self._kit, name)
+    return ToyCodec.from_file(beside) if beside.is_file() else default
 
 
 def load_data(args, world: ToyWorldV2, codec: ToyCodec) -> dict[str, dict[str, dict]]:

@@ -32,12 +32,13 @@ POLICIES = {
 
 
 def sample_teacher(teacher, captions: Sequence[str], seed: int, *, num_frames: int = 33, steps: int = 24,
-                   cfg: float = 1.0, kit: ToyKit | None = None) -> tuple[torch.Tensor, float]:
-    """Whole-clip samples of the bidirectional teacher -> (videos [B, T, 3, H, W], frames per second)."""
+                   cfg: float = 1.0, kit: ToyKit | None = None, codec=None) -> tuple[torch.Tensor, float]:
+    """Whole-clip samples of the bidirectional teacher -> (videos [B, T, 3, H, W], frames per second).
+    ``codec``: the teacher's latent space, default the kit's."""
     from stream_r1_fast.toy.sampling import euler_sample
 
     kit = kit or toy_kit("v1")
-    codec, text, world = kit.codec(), kit.text_encoder(), kit.world()
+    codec, text, world = codec or kit.codec(), kit.text_encoder(), kit.world()
     latent_frames = 1 + (num_frames - 1) // codec.temporal_factor
     g = torch.Generator().manual_seed(seed)
     grid = world.height // codec.spatial_factor, world.width // codec.spatial_factor
@@ -49,14 +50,16 @@ def sample_teacher(teacher, captions: Sequence[str], seed: int, *, num_frames: i
 
 
 def stream_student(student, captions: Sequence[str], seed: int, *, num_frames: int = 33,
-                   policy: CachePolicy = POLICIES["EMA-Sink"], kit: ToyKit | None = None) -> tuple[torch.Tensor, float]:
+                   policy: CachePolicy = POLICIES["EMA-Sink"], kit: ToyKit | None = None,
+                   codec=None) -> tuple[torch.Tensor, float]:
     """Streamed samples of a causal student (one seed per stream: ``seed * 1000 + b``)
-    -> (videos [B, T, 3, H, W], frames per second, decoding included)."""
+    -> (videos [B, T, 3, H, W], frames per second, decoding included). ``codec``: the student's
+    latent space, default the kit's."""
     from stream_r1_fast.inference import StreamingPipeline
 
     kit = kit or toy_kit("v1")
     world = kit.world()
-    pipe = StreamingPipeline(student, kit.codec(), kit.text_encoder())
+    pipe = StreamingPipeline(student, codec or kit.codec(), kit.text_encoder())
     start = time.perf_counter()
     frames = pipe.generate(list(captions), num_frames, height=world.height, width=world.width, policy=policy,
                            seed=[seed * 1000 + b for b in range(len(captions))])
