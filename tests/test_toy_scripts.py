@@ -259,3 +259,27 @@ def test_teacher_sampling_scores_each_sampler_setting(v2_weights, tmp_path, caps
             mod.main(["--weights", str(v2_weights), "--setting", bad])
     with pytest.raises(SystemExit):
         mod.main(["--weights", str(tmp_path / "nowhere")])
+
+
+def test_evaluate_students_scores_teacher_and_students_on_the_same_captions(v2_weights, tmp_path, capsys):
+    import shutil
+
+    mod = _script("evaluate_students")
+    shutil.copy(v2_weights / "teacher.safetensors", v2_weights / "student_same.safetensors")
+    out = tmp_path / "students.json"
+    result = mod.main(["--weights", str(v2_weights), "--clips", "2", "--frames", "9", "--sample-steps", "2",
+                       "--long-factor", "2", "--out", str(out)])
+    rows = result["rows"]
+    assert list(rows) == ["truth", "teacher", "same"]  # the shipped-beside-the-teacher default
+    assert rows["truth"]["metrics"]["count"] == 1.0 and rows["truth"]["metrics"]["direction"] == 1.0
+    gap = rows["same"]["minus_teacher"]
+    assert set(gap) == {"count", "color", "shape", "direction"}
+    assert all(abs(gap[k] - (rows["same"]["metrics"][k] - rows["teacher"]["metrics"][k])) < 1e-3 for k in gap)
+    assert rows["same"]["within_margin"] == all(g >= -0.05 for g in gap.values())
+    assert rows["same"]["long"]["frames"] == 17
+    assert json.loads(out.read_text())["rows"]["same"]["weights"].endswith("student_same.safetensors")
+    assert "  - teach." in capsys.readouterr().out
+    for bad in (["--student", "x"], ["--student", f"a={tmp_path / 'none'}"], ["--frames", "8"],
+                ["--world", "v1", "--weights", str(v2_weights)]):
+        with pytest.raises(SystemExit):
+            mod.main(["--weights", str(v2_weights), *bad])
