@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 
 from stream_r1_fast.toy import demo
@@ -50,3 +51,22 @@ def test_contact_sheet_shows_the_caption_legibly_above_ground_truth_and_generate
     yellow = (sheet[..., 0] > 200) & (sheet[..., 1] > 200) & (sheet[..., 2] < 80)
     rows_with_yellow = np.nonzero(yellow.any(1))[0]
     assert rows_with_yellow.max() < one.shape[0]  # only above the generated row's frames
+
+
+def test_demo_in_world_v2_follows_its_grammar(tmp_path, capsys):
+    caption = "a green triangle moving right fast on a gray background"
+    demo.main(["--world", "v2", "--generator", "teacher", "--steps", "4", "--frames", "9", "--prompt", caption,
+               "--out", str(tmp_path), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert f"prompt:    {caption}" in out and "video:     9 frames of 32x32" in out
+    assert "ghost_rate" in out  # v2's oracle
+    truth = demo.ground_truth(caption, seed=0, num_frames=9, world="v2")
+    from stream_r1_fast.toy.kits import toy_kit
+
+    m = toy_kit("v2").score_clip(truth, caption)
+    assert m["count"] == m["color"] == m["shape"] == m["direction"] == 1.0
+    with pytest.raises(demo.DemoError, match="'small' not in the v2 toy vocabulary"):
+        demo.check_caption("a small green triangle moving right fast on a gray background", "v2")
+    with pytest.raises(demo.DemoError, match="distinct colours"):
+        demo.check_caption("a red square moving up slow and a red diamond moving left fast on a black background", "v2")
+    assert "a <colour> <shape> moving <direction> <speed>" in demo.grammar("v2")

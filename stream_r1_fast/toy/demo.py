@@ -3,11 +3,14 @@
     python -m stream_r1_fast.toy.demo --seed 0 --out toy_demo
 
 Writes ``video.mp4``, ``video.gif`` and ``contact_sheet.png`` (frames upscaled, the
-caption above), prints the oracle metrics (:mod:`stream_r1_fast.toy.oracle`), the reward
-model's normalised VQ / MQ / TA and the generation speed.
+caption above, the world's own rendering of the caption beside the generated frames), prints
+the oracle metrics of the world (:mod:`stream_r1_fast.toy.oracle`, :mod:`~stream_r1_fast.toy.oracle2`),
+the reward model's normalised VQ / MQ / TA (where the world has one shipped) and the generation speed.
 
-Which generator: by default the shipped Stream-R1 student (``weights/student_stream_r1.safetensors``;
-else Re-DMD, else DMD, whichever is present) streams through :class:`StreamingPipeline` with
+Which world: ``--world v1`` (the first toy world and its models in ``weights/``) or ``v2``
+(world v2, ``weights/v2/``; docs/toy_world.md); each has its own caption grammar (``--help``).
+Which generator: by default the world's shipped Stream-R1 student (``student_stream_r1.safetensors``;
+else Re-DMD, else DMD, else the ODE-initialised student, whichever is present) streams through :class:`StreamingPipeline` with
 the EMA-Sink cache, 4 steps per chunk, and the speed printed is streaming speed with the time to
 the first decoded chunk. ``--generator teacher`` samples the bidirectional teacher instead — the
 whole clip at once, ``--steps`` Euler steps with guidance ``--cfg`` — and the speed printed is
@@ -30,30 +33,34 @@ from pathlib import Path
 import torch
 
 from stream_r1_fast.outputs import VIDEO_FPS
-from stream_r1_fast.toy.codec import ToyCodec
-from stream_r1_fast.toy.models import WEIGHTS, load_teacher, load_transformer_file
-from stream_r1_fast.toy.text import ToyTextEncoder
-from stream_r1_fast.toy.world import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS, VOCABULARY, ToyWorld, parse_caption
+from stream_r1_fast.toy.kits import toy_kit
+from stream_r1_fast.toy.models import load_transformer_file
 
-STUDENTS = ("stream_r1", "re_dmd", "dmd")
+STUDENTS = ("stream_r1", "re_dmd", "dmd", "ode")
 PLAYBACK_FPS = VIDEO_FPS  # the videos are written at 16 frames per second (Wan2.1's rate)
+WORLDS = ("v1", "v2")
+DEFAULT_WORLD = "v1"
 
 
-def best_student() -> Path | None:
+def best_student(world: str = DEFAULT_WORLD) -> Path | None:
+    """The first of Stream-R1, Re-DMD, DMD, ODE students shipped for ``world``, else None."""
+    weights = toy_kit(world).weights
     for name in STUDENTS:
-        path = WEIGHTS / f"student_{name}.safetensors"
+        path = weights / f"student_{name}.safetensors"
         if path.is_file():
             return path
     return None
 
 
-def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float, generator: str = "auto"):
+def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float, generator: str = "auto",
+             world: str = DEFAULT_WORLD):
     """-> (video [T, 3, H, W] in [0, 1], description of the generator, frames per second,
     seconds to the first decoded chunk (None for the teacher, which has no stream)). Timed: from
     the first denoising call to the last decoded frame; loading the weights is not."""
-    world = ToyWorld(num_frames=num_frames)
-    codec, text = ToyCodec.pretrained(), ToyTextEncoder()
-    student = best_student() if generator == "auto" else (None if generator == "teacher" else Path(generator))
+    kit = toy_kit(world)
+    clips = kit.world(num_frames=num_frames)
+    codec, text = kit.codec(), kit.text_encoder()
+    student = best_student(world) if generator == "auto" else (None if generator == "teacher" else Path(generator))
     first = None
     if student is not None:
         from stream_r1_fast.inference import StreamingPipeline
@@ -61,8 +68,8 @@ def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float,
         pipe = StreamingPipeline(load_transformer_file(student), codec, text)  # set-up: not timed
         chunks = []
         start = time.perf_counter()
-        for chunk in pipe.stream(prompt, num_chunks=pipe.chunks_for_frames(num_frames), height=world.height,
-                                 width=world.width, seed=seed):
+        for chunk in pipe.stream(prompt, num_chunks=pipe.chunks_for_frames(num_frames), height=clips.height,
+                                 width=clips.width, seed=seed):
             chunks.append(chunk.frames)
             first = first or time.perf_counter() - start
         video = torch.cat(chunks, 1)[0, :num_frames].permute(0, 3, 1, 2).float() / 255
@@ -70,14 +77,15 @@ def generate(prompt: str, *, seed: int, num_frames: int, steps: int, cfg: float,
     else:
         from stream_r1_fast.toy.sampling import euler_sample
 
-        model = load_teacher()
+        model = load_transformer_file(kit.weights / "teacher.safetensors").float().eval()
         s = codec.spatial_factor
         latent_frames = 1 + (num_frames - 1) // codec.temporal_factor
         g = torch.Generator().manual_seed(seed)
-        noise = torch.randn(1, codec.latent_channels, latent_frames, world.height // s, world.width // s, generator=g)
+        noise = torch.randn(1, codec.latent_channels, latent_frames, clips.height // s, clips.width // s, generator=g)
         start = time.perf_counter()
-        x0 = euler_sample(model, text([prompt]), text([""]), noise, steps=steps, cfg=cfg)
-        video = ((codec.decode(x0)[0].permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1)
+        with torch.no_grad():
+            x0 = euler_sample(model, text([prompt]), text([""]), noise, steps=steps, cfg=cfg)
+        video = codec.decode_frames(x0)[0]
         what = f"bidirectional teacher, whole clip at once ({steps} Euler steps, guidance {cfg}; not streaming)"
     fps = video.shape[0] / (time.perf_counter() - start)
     return video, what, fps, first
@@ -163,40 +171,70 @@ def write_outputs(video: torch.Tensor, caption: str, out: Path, scale: int = 8, 
     return paths
 
 
-def ground_truth(prompt: str, *, seed: int, num_frames: int) -> torch.Tensor:
+def _module(world: str):
+    """The world's module (its caption parser, vocabulary and attribute names)."""
+    from stream_r1_fast.toy import world as v1, world2 as v2
+
+    return {"v1": v1, "v2": v2}[world]
+
+
+def ground_truth(prompt: str, *, seed: int, num_frames: int, world: str = DEFAULT_WORLD) -> torch.Tensor:
     """The world's rendering of ``prompt`` [T, 3, H, W] (start positions drawn from ``seed``)."""
-    world = ToyWorld(num_frames=num_frames)
-    objects, background = parse_caption(prompt)
-    return world.render(world.rollout(objects, background, generator=torch.Generator().manual_seed(seed)))
+    clips = toy_kit(world).world(num_frames=num_frames)
+    objects, background = _module(world).parse_caption(prompt)
+    return clips.render(clips.rollout(objects, background, generator=torch.Generator().manual_seed(seed)))
 
 
-GRAMMAR = (
-    "A caption names one to three objects (of distinct colours), joined by 'and', then the background:\n"
-    "  a <size> <colour> <shape> moving <direction> <speed> [and a ...] on a <background> background\n"
-    f"  size: {' | '.join(SIZES)}; colour: {' | '.join(COLORS)}; shape: {' | '.join(SHAPES)};\n"
-    f"  direction: {' | '.join(DIRECTIONS)}; speed: {' | '.join(SPEEDS)}; background: {' | '.join(BACKGROUNDS)}\n"
-    '  e.g. "a small red circle moving left fast and a large blue square moving up slow on a black background"'
-)
-_GRAMMAR_LINE = "a caption is 'a <size> <colour> <shape> moving <direction> <speed> [and a ...] on a <background> background' (see --help)"
+def grammar(world: str) -> str:
+    """The caption grammar of ``world``, with every word it knows."""
+    m = _module(world)
+    if world == "v1":
+        return (
+            "v1: a caption names one to three objects (of distinct colours), joined by 'and', then the background:\n"
+            "  a <size> <colour> <shape> moving <direction> <speed> [and a ...] on a <background> background\n"
+            f"  size: {' | '.join(m.SIZES)}; colour: {' | '.join(m.COLORS)}; shape: {' | '.join(m.SHAPES)};\n"
+            f"  direction: {' | '.join(m.DIRECTIONS)}; speed: {' | '.join(m.SPEEDS)}; background: {' | '.join(m.BACKGROUNDS)}\n"
+            '  e.g. "a small red circle moving left fast and a large blue square moving up slow on a black background"'
+        )
+    trained = toy_kit("v2").world().max_objects
+    return (
+        "v2: a caption names one to three objects (of distinct colours; the shipped v2 models were trained on "
+        f"{'one' if trained == 1 else f'up to {trained}'}), joined by 'and', then the background:\n"
+        "  a <colour> <shape> moving <direction> <speed> [and a ...] on a <background> background\n"
+        f"  colour: {' | '.join(m.COLORS)}; shape: {' | '.join(m.SHAPES)};\n"
+        f"  direction: {' | '.join(m.DIRECTION_NAMES)}; speed: {' | '.join(m.SPEED_NAMES)}; "
+        f"background: {' | '.join(m.BACKGROUNDS)}\n"
+        '  e.g. "a green triangle moving right fast on a gray background"'
+    )
+
+
+def _grammar_line(world: str) -> str:
+    size = "<size> " if world == "v1" else ""
+    return (f"a {world} caption is 'a {size}<colour> <shape> moving <direction> <speed> [and a ...] on a "
+            "<background> background' (see --help)")
 
 
 class DemoError(Exception):
     """A bad argument: printed as one line, exit status 2."""
 
 
-def check_caption(caption: str) -> str:
-    """A caption the toy text encoder and the oracle both take, or a DemoError saying what is wrong."""
+def check_caption(caption: str, world: str = DEFAULT_WORLD) -> str:
+    """A caption the world's text encoder and oracle both take, or a DemoError saying what is wrong."""
+    m = _module(world)
     words = caption.split()
     if not words:
-        raise DemoError(f"--prompt is empty; {_GRAMMAR_LINE}")
-    unknown = [w for w in dict.fromkeys(words) if w not in VOCABULARY]
+        raise DemoError(f"--prompt is empty; {_grammar_line(world)}")
+    unknown = [w for w in dict.fromkeys(words) if w not in m.VOCABULARY]
     if unknown:
-        raise DemoError(f"--prompt: {', '.join(map(repr, unknown))} not in the toy vocabulary ({' '.join(VOCABULARY)}); "
-                        f"{_GRAMMAR_LINE}")
+        raise DemoError(f"--prompt: {', '.join(map(repr, unknown))} not in the {world} toy vocabulary "
+                        f"({' '.join(m.VOCABULARY)}); {_grammar_line(world)}")
     try:
-        objects, _ = parse_caption(" ".join(words))
+        objects, _ = m.parse_caption(" ".join(words))
     except ValueError as exc:
-        raise DemoError(f"--prompt: {exc}; {_GRAMMAR_LINE}") from None
+        if "distinct colours" in str(exc):
+            raise DemoError(f"--prompt: the objects of a caption have distinct colours (the oracle tells them "
+                            f"apart by colour): {exc}") from None
+        raise DemoError(f"--prompt: {exc}; {_grammar_line(world)}") from None
     colours = [o.color for o in objects]
     if len(set(colours)) < len(colours):
         raise DemoError(f"--prompt: two objects are {colours}: the objects of a caption have distinct colours "
@@ -240,9 +278,12 @@ def _threads_note(asked: int | None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stream_r1_fast.toy.demo", description=__doc__, epilog=GRAMMAR,
+    ap = argparse.ArgumentParser(prog="python -m stream_r1_fast.toy.demo", description=__doc__,
+                                 epilog="\n\n".join(grammar(w) for w in WORLDS),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", help="a toy caption, as below (default: the caption of a random world clip)")
+    ap.add_argument("--world", choices=WORLDS, default=DEFAULT_WORLD,
+                    help=f"the toy world and its shipped models (default {DEFAULT_WORLD}; grammars below)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=33, help="video frames, 1 + 4k with k >= 1 (default 33)")
     ap.add_argument("--steps", type=int, default=24, help="teacher Euler steps")
@@ -264,7 +305,7 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     check_args(args)
-    prompt = check_caption(args.prompt) if args.prompt is not None else None
+    prompt = check_caption(args.prompt, args.world) if args.prompt is not None else None
     out = Path(args.out)
     check_out(out)
     if args.threads is not None:
@@ -272,24 +313,27 @@ def _run(args) -> int:
 
     from safetensors import SafetensorError
 
-    from stream_r1_fast.toy.oracle import score_clip
     from stream_r1_fast.toy.reward import ToyRewardModel
 
-    prompt = prompt or ToyWorld().sample_attributes(torch.Generator().manual_seed(args.seed)).caption
+    kit = toy_kit(args.world)
+    prompt = prompt or kit.world().sample_attributes(torch.Generator().manual_seed(args.seed)).caption
     try:
         video, what, fps, first = generate(prompt, seed=args.seed, num_frames=args.frames, steps=args.steps,
-                                           cfg=args.cfg, generator=args.generator)
+                                           cfg=args.cfg, generator=args.generator, world=args.world)
     except (SafetensorError, ValueError) as exc:
         if args.generator in ("auto", "teacher"):
             raise
         raise DemoError(f"--generator {args.generator}: cannot load it: {exc}") from exc
     try:
-        paths = write_outputs(video, prompt, out, reference=ground_truth(prompt, seed=args.seed, num_frames=args.frames))
+        paths = write_outputs(video, prompt, out, reference=ground_truth(prompt, seed=args.seed, num_frames=args.frames,
+                                                                    world=args.world))
     except (OSError, RuntimeError, ValueError) as exc:
         raise DemoError(f"--out {out}: writing the outputs failed: {exc}") from exc
-    metrics = score_clip(video, prompt)
-    with torch.no_grad():
-        reward = ToyRewardModel.pretrained().rewards(video[None], [prompt]).normalized[0]
+    metrics = kit.score_clip(video, prompt)
+    reward = None
+    if (kit.weights / "reward.safetensors").is_file():
+        with torch.no_grad():
+            reward = ToyRewardModel.pretrained(args.world).rewards(video[None], [prompt]).normalized[0]
     print(f"prompt:    {prompt}")
     print(f"generator: {what}")
     speed = f"{fps:.0f} frames/s on {torch.get_num_threads()} CPU threads ({_threads_note(args.threads)})"
@@ -297,7 +341,10 @@ def _run(args) -> int:
         speed += f" = {fps / PLAYBACK_FPS:.1f}x real time at {PLAYBACK_FPS} fps, first frames after {first * 1000:.0f} ms"
     print(f"video:     {video.shape[0]} frames of {video.shape[3]}x{video.shape[2]}, {speed}")
     print("oracle:    " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    print("reward:    " + ", ".join(f"{k} {v:+.2f}" for k, v in zip(("VQ", "MQ", "TA"), reward.tolist())))
+    if reward is None:
+        print(f"reward:    (no {args.world} reward model is shipped)")
+    else:
+        print("reward:    " + ", ".join(f"{k} {v:+.2f}" for k, v in zip(("VQ", "MQ", "TA"), reward.tolist())))
     print("wrote:     " + ", ".join(str(p) for p in paths))
     return 0
 
