@@ -21,6 +21,7 @@ SUITE = [
     ("bench_ema_cache", "ema_cache", "rf_shift"),
     ("bench_rotated_cache", "rotated_cache", "reference"),
     ("bench_saliency", "saliency", "reference"),
+    ("bench_qk_norm_rope", "qk_norm_rope", "unfused"),
     ("bench_nvrtc", "nvrtc", "compiled"),  # CUDA only: run-time compiled kernels vs nvcc's
 ]
 

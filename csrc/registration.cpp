@@ -56,6 +56,17 @@ TORCH_LIBRARY(stream_r1_fast, m) {
   // of the softmax denominator of the scaled scores; consumed by the backward).
   m.def("dense_attention(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)");
 
+  // Wan's q/k RMSNorm (across all heads) and 3-D RoPE of one chunk, in one pass.
+  // q, k: [B, F, P, H, D] (the to_q / to_k outputs viewed per frame, token and head), one dtype.
+  // weight_q, weight_k: [H * D], q's dtype or the compute dtype (float32; float64 for float64).
+  // cos, sin: [N * P, D / 2] RoPE tables in the compute dtype (row s * P + p: token p of the
+  // frame at position s); the chunk's frame f uses the rows of position frame_offset + f.
+  // Returns (q_out, k_out) [B, F, P, H, D] (q's dtype, contiguous): x * rsqrt(mean(x^2) + eps)
+  // * weight over each token's H * D elements, then adjacent pairs rotated, rounded once.
+  m.def(
+      "qk_norm_rope(Tensor q, Tensor k, Tensor weight_q, Tensor weight_k, Tensor cos, Tensor sin, "
+      "int frame_offset, float eps) -> (Tensor, Tensor)");
+
   // Private, for the NVRTC launcher (stream_r1_fast/nvrtc/_launch.py): per op, <op>_plan takes
   // the op's arguments, checks them and prepares the call as the nvcc launcher does, and
   // returns (outputs, buffers that must outlive the launches, the params struct as uint8
@@ -80,11 +91,15 @@ TORCH_LIBRARY(stream_r1_fast, m) {
   m.def(
       "dense_attention_plan(Tensor q, Tensor k, Tensor v, float scale) "
       "-> (Tensor[], Tensor[], Tensor, int[])");
+  m.def(
+      "qk_norm_rope_plan(Tensor q, Tensor k, Tensor weight_q, Tensor weight_k, Tensor cos, Tensor sin, "
+      "int frame_offset, float eps) -> (Tensor[], Tensor[], Tensor, int[])");
   m.def("sink_attention_kernels() -> (str[], int)");
   m.def("ema_cache_update_kernels() -> (str[], int)");
   m.def("saliency_weights_kernels() -> (str[], int)");
   m.def("rotated_cache_advance_kernels() -> (str[], int)");
   m.def("dense_attention_kernels() -> (str[], int)");
+  m.def("qk_norm_rope_kernels() -> (str[], int)");
 }
 
 // Importing `stream_r1_fast._C` runs the static registrations above; the module itself is

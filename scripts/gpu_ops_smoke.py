@@ -15,10 +15,11 @@ import sys
 import torch
 
 import stream_r1_fast
-from stream_r1_fast.ops import (ema_cache_update, fused_dense_attention, new_sink_cache, rotated_cache_advance,
-                                  saliency_weights, sink_attention)
+from stream_r1_fast.ops import (ema_cache_update, fused_dense_attention, new_sink_cache, qk_norm_rope,
+                                  rotated_cache_advance, saliency_weights, sink_attention)
 from stream_r1_fast.ops.dense_attention_ref import dense_attention_ref
 from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
+from stream_r1_fast.ops.qk_norm_rope_ref import qk_norm_rope_ref
 from stream_r1_fast.ops.rope import rope_tables
 from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
 from stream_r1_fast.ops.saliency_ref import saliency_weights_ref
@@ -88,10 +89,26 @@ def check_dense_attention(g: torch.Generator, dev: str) -> float:
     return max((out.double() - ref).abs().max().item(), (lse.double() - ref_lse.double()).abs().max().item())
 
 
-# rotated_cache_advance: bf16 buffers, a bf16 ulp or two at |x| < 8 at most.
+def check_qk_norm_rope(g: torch.Generator, dev: str) -> float:
+    # bf16, 3 heads of 128 (rows of 384: one thread per 8-element column, 2 warps), an odd grid,
+    # the chunk at frames 2..4 of a 6-frame table; a 3-head row of D 10 in float32 (the 8-byte access).
+    err = 0.0
+    for dtype, heads, d, grid in ((torch.bfloat16, 3, 128, (3, 5)), (torch.float32, 3, 10, (1, 7))):
+        p = grid[0] * grid[1]
+        q, k = (torch.randn(2, 3, p, heads, d, generator=g, device=dev).to(dtype) for _ in "qk")
+        wq, wk = ((1 + 0.3 * torch.randn(heads * d, generator=g, device=dev)).to(dtype) for _ in "qk")
+        cos, sin = rope_tables(6, *grid, d, 10000.0, dtype, dev)
+        got = qk_norm_rope(q, k, wq, wk, cos, sin, 2, 1e-6)
+        want = qk_norm_rope_ref(q, k, wq, wk, cos, sin, 2, 1e-6)
+        err = max(err, *((a.float() - b.float()).abs().max().item() for a, b in zip(got, want)))
+    return err
+
+
+# rotated_cache_advance: bf16 buffers, a bf16 ulp or two at |x| < 8 at most; qk_norm_rope: one bf16
+# rounding apart at most (outputs |x| < 8).
 CHECKS = {"sink_attention": (check_sink_attention, 2e-2), "ema_cache_update": (check_ema_cache, 1e-5),
           "saliency_weights": (check_saliency, 1e-4), "rotated_cache_advance": (check_rotated_cache, 7.5e-2),
-          "dense_attention": (check_dense_attention, 2e-2)}
+          "dense_attention": (check_dense_attention, 2e-2), "qk_norm_rope": (check_qk_norm_rope, 7.5e-2)}
 
 
 def main() -> int:

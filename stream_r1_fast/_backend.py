@@ -72,7 +72,10 @@ class BackendInfo:
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"stream_r1_fast::{op}", dispatch_key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"stream_r1_fast::{op}", dispatch_key)
+    except RuntimeError:  # an extension built before the op was added to the table: no schema
+        return False
 
 
 def _cuda_path(choice: str) -> tuple[str, tuple[str, ...], str]:

@@ -14,6 +14,11 @@ threads run as fibers (tests/cuda_emulation/dense_attention_emulation.cpp) that 
 ldmatrix, mma.sync, shuffle and barrier, which the emulator runs for the whole warp with the PTX
 ISA's fragment layouts (the kernel's PTX wrappers have host stand-ins,
 tests/cuda_emulation/dense_attention/); their results are held to the CUDA tests' bound.
+
+qk_norm_rope's kernels (float32 and float64, every access width, rows of one warp to 8 warps
+with columns beyond the register-cached ones): each block's threads run as fibers
+(tests/cuda_emulation/qk_norm_rope_emulation.cpp) that meet at every shuffle and barrier of the
+row's block reduction; held to the CPU kernel's bound against the reference.
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ from hypothesis import strategies as st
 from stream_r1_fast import _op_table, backend_info
 from stream_r1_fast.nvrtc import _launch
 from stream_r1_fast.ops.dense_attention_ref import dense_attention_ref
+from stream_r1_fast.ops.qk_norm_rope_ref import qk_norm_rope_ref
 from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
 from test_dense_attention_op import attention_cases as dense_cases
 from test_dense_attention_op import make_inputs as make_dense_inputs
+from test_qk_norm_rope import TOL as NORM_ROPE_TOL
+from test_qk_norm_rope import make_inputs as make_norm_rope_inputs
+from test_qk_norm_rope import norm_rope_cases
 from test_rotated_cache_advance import Buffers, advance_cases
 from tests.tolerances import assert_fa_close
 
@@ -165,3 +174,64 @@ def test_dense_attention_emulated_on_copies_and_negative_scale(dense_emulator, h
     true_out, true_lse = dense_attention_ref(q.double(), k.double(), v.double(), -0.2)
     assert_fa_close(out, same_out, true_out, torch.bfloat16, "out")
     assert_fa_close(lse, same_lse, true_lse.float(), torch.bfloat16, "lse")
+
+
+# ---- qk_norm_rope: a block reduction, threads as fibers -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def norm_rope_emulator(tmp_path_factory):
+    lib = tmp_path_factory.mktemp("emulation") / "qk_norm_rope_emulation.so"
+    subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", f"-I{HERE}",
+                    f"-I{_op_table.source_dir()}", str(HERE / "qk_norm_rope_emulation.cpp"), "-o", str(lib)],
+                   check=True)
+    fn = ctypes.CDLL(str(lib)).emulate_launch
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                   ctypes.c_int]
+    return fn
+
+
+def _emulate_norm_rope(emulator, args, reversed_order: bool):
+    """(q_out, k_out, kernel name, threads) of the planned launch run on the CPU; the outputs start
+    as NaN."""
+    (q_out, k_out), _, params, flat = _launch.plan("qk_norm_rope", *args, device_type="cpu")
+    q_out.fill_(float("nan"))
+    k_out.fill_(float("nan"))
+    (kernel, grid, block, smem), = _launch.launches(flat)
+    failure = emulator(params.numpy().tobytes(), kernel, grid[0], grid[1], block[0], smem, int(reversed_order))
+    assert failure is None, failure.decode()
+    return q_out, k_out, _launch.spec("qk_norm_rope").names[kernel], block[0]
+
+
+@settings(max_examples=12, deadline=None)
+@given(case=norm_rope_cases(dtypes=(torch.float32, torch.float64)), offset=st.sampled_from([0, 0, 1]),
+       reversed_order=st.booleans())
+def test_qk_norm_rope_cuda_kernel_emulated_matches_reference(norm_rope_emulator, case, offset, reversed_order):
+    q, k, wq, wk, cos, sin, m, eps = make_norm_rope_inputs(case, "cpu")
+    q, k = _shifted(q, offset), _shifted(k, offset)  # off 16-byte alignment: the narrower kernels
+    q_out, k_out, name, _ = _emulate_norm_rope(norm_rope_emulator, (q, k, wq, wk, cos, sin, m, eps), reversed_order)
+    assert name.startswith(f"srf::qk_norm_rope::norm_rope_kernel<{'double' if q.dtype == torch.float64 else 'float'}")
+    want_q, want_k = qk_norm_rope_ref(q, k, wq, wk, cos, sin, m, eps)
+    rtol, atol = NORM_ROPE_TOL[q.dtype]
+    torch.testing.assert_close(q_out, want_q, rtol=rtol, atol=atol)
+    torch.testing.assert_close(k_out, want_k, rtol=rtol, atol=atol)
+
+
+def test_qk_norm_rope_emulated_multi_warp_and_cached_columns(norm_rope_emulator):
+    """A row of more columns than kCached * 256 (float32, H * D = 5120 as in Wan 14B: 8 warps, columns
+    read twice), and every float access width."""
+    seen = set()
+    for h, d, offset in [(40, 128, 0), (3, 10, 0), (2, 64, 1), (1, 6, 0)]:
+        case = dict(batch=1, frames=1, table_frames=2, frame_offset=1, grid=(1, 3), heads=h, head_dim=d,
+                    dtype=torch.float32, wide_weights=False, scale=1.0, eps=1e-6, seed=h)
+        q, k, wq, wk, cos, sin, m, eps = make_norm_rope_inputs(case, "cpu")
+        q, k = _shifted(q, offset), _shifted(k, offset)
+        q_out, k_out, name, threads = _emulate_norm_rope(norm_rope_emulator, (q, k, wq, wk, cos, sin, m, eps), False)
+        seen.add(name)
+        want_q, want_k = qk_norm_rope_ref(q, k, wq, wk, cos, sin, m, eps)
+        torch.testing.assert_close(q_out, want_q, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(k_out, want_k, rtol=1e-5, atol=1e-5)
+        if h == 40:
+            assert threads == 256
+    assert seen == {f"srf::qk_norm_rope::norm_rope_kernel<float, {w}>" for w in (16, 8, 4)}

@@ -269,6 +269,10 @@ PARAMS_FIELDS = {
         **{f"{t}_{s}_stride": _I64 for t in "qkv" for s in ("batch", "row", "head")},
         batch=_I32, q_len=_I32, k_len=_I32, heads=_I32, head_dim=_I32, scale=_F32, scale_log2=_F32,
         dtype=_I32),
+    "qk_norm_rope": dict(
+        q=_PTR, k=_PTR, weight_q=_PTR, weight_k=_PTR, cos=_PTR, sin=_PTR, q_out=_PTR, k_out=_PTR,
+        **{f: _I64 for f in ("rows", "tokens", "row_elems", "head_dim", "first_row")},
+        eps=_F64, dtype=_I32, weight_wide=_I32),
 }
 
 
@@ -737,3 +741,27 @@ def test_dense_attention_agrees_with_compiled(case):
     eps = torch.finfo(case["dtype"]).eps
     torch.testing.assert_close(got[0], want[0], rtol=eps, atol=1e-5, msg=lambda m: f"out: {m}")
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5, msg=lambda m: f"lse: {m}")
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_qk_norm_rope_plan_round_trips(cxx_layout, dtype):
+    """qk_norm_rope's params bytes decode, with the host compiler's layout, to the call's sizes and
+    pointers; one launch, a block per token row of q and of k, one shared value per warp."""
+    from stream_r1_fast.ops.rope import compute_dtype, rope_tables
+
+    b, f, p, h, d, m = 2, 3, 5, 3, 64, 2
+    q, k = (torch.randn(b, f, p, h, d, dtype=dtype) for _ in "qk")
+    wq, wk = (torch.ones(h * d, dtype=compute_dtype(dtype)) for _ in "qk")
+    cos, sin = rope_tables(m + f, 1, p, d, 10000.0, dtype, "cpu")
+    (q_out, k_out), buffers, raw, launches = _plan("qk_norm_rope", q, k, wq, wk, cos, sin, m, 1e-6)
+    got = _decode(cxx_layout, "qk_norm_rope", raw)
+    assert buffers == [] and q_out.shape == q.shape and k_out.shape == k.shape
+    assert got["q"] == q.data_ptr() and got["k"] == k.data_ptr() and got["cos"] == cos.data_ptr()
+    assert got["q_out"] == q_out.data_ptr() and got["k_out"] == k_out.data_ptr()
+    assert (got["rows"], got["tokens"], got["row_elems"], got["head_dim"], got["first_row"]) == (
+        b * f * p, f * p, h * d, d, m * p)
+    assert got["eps"] == 1e-6 and got["weight_wide"] == (1 if dtype == torch.bfloat16 else 0)  # float32 weights
+    (kernel, grid, block, smem), = launches
+    assert grid == (b * f * p, 2, 1) and block[0] % 32 == 0 and smem == block[0] // 32 * (8 if dtype == torch.float64
+                                                                                         else 4)

@@ -10,8 +10,10 @@ docs/method.md):
   chunk. A frame's RoPE position is its slot index, so the occupied frames always form the
   prefix ``[0, m)`` and a chunk sits at ``[m, m + C)``.
 * Keys are stored already rotated at their current position (values as they are). A chunk's
-  q and k are rotated once per forward from a precomputed cos/sin table (float32 math,
-  float64 angles, result in the input dtype, as ``sink_attention_ref``), its K/V are written
+  q and k are normalised and rotated once per forward from a precomputed cos/sin table
+  (float32 math, float64 angles, result in the input dtype), both by one call of the fused
+  :func:`~stream_r1_fast.ops.qk_norm_rope` (:meth:`RotatedSinkKVCache.attend_inputs`, which
+  the model's chunk forward calls with the projections before Wan's q/k norms), its K/V are written
   at slot ``m`` and attention is one dense call ``attention(q, K[:m+C], V[:m+C])``: no mask,
   no rotation inside the attention, on the backend measured fastest for the shape
   (:mod:`stream_r1_fast.ops.dense_attention`: SDPA, cuDNN, flash, FlashAttention-3 / -2).
@@ -156,18 +158,35 @@ class RotatedSinkKVCache(StreamingKVCache):
             )
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Block ``layer``'s chunk queries against its cached frames and the chunk: [B, Lq, heads, D].
+        """Block ``layer``'s chunk queries against its cached frames and the chunk: [B, Lq, heads, D],
+        from normalised pre-RoPE q and k (the KVCache protocol; the model's chunk forward calls
+        :meth:`attend_inputs`, which fuses the norms with the rotation)."""
+        m, f = self.occupied, self._frames(q)
+        return self._attend_rotated(layer, self._rope(q, m, f), self._rope(k, m, f), v, m, f)
+
+    def attend_inputs(self, layer: int, inputs) -> torch.Tensor:
+        """:meth:`attend` from the chunk's
+        :class:`~stream_r1_fast.models.wan_blocks.SelfAttentionInputs` (q / k projections before
+        their RMSNorms): norms and RoPE of q and k in one call of the fused
+        :func:`~stream_r1_fast.ops.qk_norm_rope` (differentiable: training forwards use it too)."""
+        m, f = self.occupied, self._frames(inputs.v)
+        cd = compute_dtype(inputs.q.dtype)
+        cos = self._cos if self._cos.dtype == cd else self._cos.to(cd)
+        sin = self._sin if self._sin.dtype == cd else self._sin.to(cd)
+        qr, kr = inputs.rotated(cos, sin, m, self.tokens_per_frame)
+        return self._attend_rotated(layer, qr, kr, inputs.v, m, f)
+
+    def _attend_rotated(self, layer: int, qr: torch.Tensor, kr: torch.Tensor, v: torch.Tensor, m: int,
+                        f: int) -> torch.Tensor:
+        """The attention of rotated chunk queries / keys ([B, f * P, heads, D], at slots m ..).
 
         Without grad the chunk's rotated K/V are written into the buffer's free slots and the
         attention reads one contiguous prefix; with grad (a training forward) they are joined
         with ``torch.cat`` instead, so the buffer is not written and autograd sees no in-place op.
         """
-        m, f = self.occupied, self._frames(q)
-        qr = self._rope(q, m, f)
-        kr = self._rope(k, m, f)
         keys_all, values_all = self.keys[layer], self.values[layer]
         b, _, p, h, d = keys_all.shape
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        if torch.is_grad_enabled() and (qr.requires_grad or kr.requires_grad or v.requires_grad):
             keys = torch.cat([keys_all[:, :m].flatten(1, 2), kr.to(keys_all.dtype)], dim=1)
             values = torch.cat([values_all[:, :m].flatten(1, 2), v.to(values_all.dtype)], dim=1)
         else:

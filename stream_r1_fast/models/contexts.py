@@ -14,9 +14,16 @@ class KVCache(Protocol):
     """What :meth:`CausalWanTransformer.forward_chunk` needs from a self-attention cache.
 
     ``attend`` returns the chunk's attention output ``[B, Lq, heads, head_dim]`` from its
-    pre-RoPE ``q, k, v`` and the cached frames; ``update`` stores the chunk's K/V (called on
-    the context-refresh forward only); ``begin_chunk`` is called once before a chunk's first
-    forward. :class:`stream_r1_fast.cache.SinkKVCache` is the production implementation.
+    pre-RoPE ``q, k, v`` (q and k RMS-normalised) and the cached frames; ``update`` stores the
+    chunk's K/V (k normalised, pre-RoPE; called on the context-refresh forward only);
+    ``begin_chunk`` is called once before a chunk's first forward.
+    :class:`stream_r1_fast.cache.SinkKVCache` is the production implementation.
+
+    Optional: ``attend_inputs(layer, inputs)``, the same output from the chunk's
+    :class:`~stream_r1_fast.models.wan_blocks.SelfAttentionInputs` (the q / k projections
+    before their norms, and v). A cache that rotates q and k itself defines it to fuse the
+    norms with its RoPE (:class:`stream_r1_fast.cache.RotatedSinkKVCache`: one
+    ``qk_norm_rope`` call per block); ``forward_chunk`` then calls it instead of ``attend``.
     """
 
     grid: tuple[int, int]

@@ -256,8 +256,9 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
             a, c = t2[..., 0], t2[..., 1]
             return torch.stack([a * cos - c * sin, a * sin + c * cos], -1).flatten(-2).type_as(t)
 
-        def attend(q, k, v):
-            return sdpa(rotate(q), rotate(k), v, mask)
+        def attend(inputs):
+            q, k = inputs.normalized()
+            return sdpa(rotate(q), rotate(k), inputs.v, mask)
 
         for i, block in enumerate(self.blocks):
             x = self._run_block(block, x, e, text, i, attend)
@@ -293,16 +294,26 @@ class CausalWanTransformer(ModelMixin, ConfigMixin):
         x = self._embed(latents)
         temb, e = self._time(timestep, b, f, x.device)
         last = len(self.blocks) - 1
+        # A cache that rotates q and k itself takes the projections before their norms and fuses
+        # norms and RoPE (RotatedSinkKVCache: one qk_norm_rope call per block); any other gets
+        # the normalised pre-RoPE heads (the KVCache protocol, models/contexts.py).
+        attend_inputs = getattr(cache, "attend_inputs", None)
         for i, block in enumerate(self.blocks):
             if update_cache and i == last:
                 k, v = block(x, e, None, None, None, self_kv_only=True)
                 cache.update(i, k, v)
                 return None
 
-            def attend(q, k, v, layer=i):
-                out = cache.attend(layer, q, k, v)
+            def attend(inputs, layer=i):
+                if attend_inputs is not None:
+                    out = attend_inputs(layer, inputs)
+                    if update_cache:
+                        cache.update(layer, inputs.normalized_k(), inputs.v)
+                    return out
+                q, k = inputs.normalized()
+                out = cache.attend(layer, q, k, inputs.v)
                 if update_cache:
-                    cache.update(layer, k, v)
+                    cache.update(layer, k, inputs.v)
                 return out
 
             x = self._run_block(block, x, e, text, i, attend)

@@ -3,7 +3,8 @@
 // Shadows csrc/common/cuda_utils.h by coming first on the include path. Arithmetic in float and
 // double only; the 16-bit types are storage (bits), converted by the ops' own stand-ins.
 // Warp-wide and block-wide built-ins (__shfl_xor_sync, __syncthreads) are declared here and
-// defined by the emulations that run a block's threads together (dense_attention's).
+// defined by the emulations that run a block's threads together (dense_attention's,
+// qk_norm_rope's).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -30,6 +31,8 @@ inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 
 struct __half {
   uint16_t bits;
@@ -44,6 +47,7 @@ inline float __int_as_float(int x) {
   return f;
 }
 float __shfl_xor_sync(unsigned mask, float value, int lane_mask);
+double __shfl_xor_sync(unsigned mask, double value, int lane_mask);
 void __syncthreads();
 
 namespace srf {
