@@ -23,6 +23,7 @@ ARG_NAMES = {
                          "tau_floor", "sigma_floor", "gamma_t", "gamma_s"),
     "rotated_cache_advance": ("keys", "values", "k_new", "v_new", "cos", "sin", "occupied", "sink_size", "window",
                               "alpha"),
+    "qk_norm_rope": ("q", "k", "weight_q", "weight_k", "cos", "sin", "frame_offset", "eps"),
 }
 ALLOWED = (RuntimeError, ValueError, TypeError)
 
@@ -96,10 +97,11 @@ def run_case(case: dict) -> str | None:
         return None
     import torch
 
-    from stream_r1_fast.ops import (ema_cache_update, fused_dense_attention, rotated_cache_advance, saliency_weights,
-                                    sink_attention)
+    from stream_r1_fast.ops import (ema_cache_update, fused_dense_attention, qk_norm_rope, rotated_cache_advance,
+                                    saliency_weights, sink_attention)
     from stream_r1_fast.ops.dense_attention_ref import dense_attention_ref
     from stream_r1_fast.ops.ema_cache_ref import ema_cache_update_ref
+    from stream_r1_fast.ops.qk_norm_rope_ref import qk_norm_rope_ref
     from stream_r1_fast.ops.rotated_cache_ref import rotated_cache_advance_ref
     from stream_r1_fast.ops.saliency_ref import saliency_weights_ref
     from stream_r1_fast.ops.sink_attention_ref import sink_attention_ref
@@ -119,7 +121,7 @@ def run_case(case: dict) -> str | None:
     fn = getattr(torch.ops.stream_r1_fast, op) if call == "direct" else {
         "ema_cache_update": ema_cache_update, "sink_attention": sink_attention,
         "saliency_weights": saliency_weights, "rotated_cache_advance": rotated_cache_advance,
-        "dense_attention": fused_dense_attention}[op]
+        "dense_attention": fused_dense_attention, "qk_norm_rope": qk_norm_rope}[op]
     try:
         result = fn(*args, **kwargs)
     except ALLOWED as exc:
@@ -149,6 +151,14 @@ def run_case(case: dict) -> str | None:
             rtol, atol = _tolerance(before[0].dtype)
             for i, name in enumerate(("keys", "values")):
                 problem = _close(args[i], before[i], name, rtol, atol)
+                if problem:
+                    return problem
+            return None
+        if op == "qk_norm_rope":
+            want = qk_norm_rope_ref(*before[:7], float(before[7]))
+            rtol, atol = _tolerance(before[0].dtype)
+            for got, w, name in zip(result, want, ("q_out", "k_out")):
+                problem = _close(got, w, name, rtol, atol)
                 if problem:
                     return problem
             return None

@@ -29,6 +29,9 @@ from stream_r1_fast.ops.ema_cache import new_sink_cache
 from test_dense_attention_op import attention_cases as dense_cases
 from test_dense_attention_op import make_inputs as make_dense_inputs
 from test_ema_cache import _chunk, cache_cases
+from test_qk_norm_rope import TOL as NORM_ROPE_TOL
+from test_qk_norm_rope import make_inputs as make_norm_rope_inputs
+from test_qk_norm_rope import norm_rope_cases
 from test_rotated_cache_advance import Buffers, advance_cases
 from test_rotated_cache_advance import _chunk as advance_chunk
 from test_saliency import problems
@@ -630,7 +633,8 @@ def test_ops_own_tests_pass_on_nvrtc_path(tmp_path):
     assert probe.returncode == 0, probe.stderr
     res = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
                 *(str(TESTS_DIR / f"test_{op}.py")
-                  for op in ("ema_cache", "saliency", "sink_attention", "rotated_cache_advance", "dense_attention_op"))],
+                  for op in ("ema_cache", "saliency", "sink_attention", "rotated_cache_advance", "dense_attention_op",
+                             "qk_norm_rope"))],
                **env)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert " passed" in res.stdout and list((tmp_path / "cache").glob("*.cubin")), res.stdout[-2000:]
@@ -765,3 +769,17 @@ def test_qk_norm_rope_plan_round_trips(cxx_layout, dtype):
     (kernel, grid, block, smem), = launches
     assert grid == (b * f * p, 2, 1) and block[0] % 32 == 0 and smem == block[0] // 32 * (8 if dtype == torch.float64
                                                                                          else 4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=norm_rope_cases())
+def test_qk_norm_rope_agrees_with_compiled(case):
+    """The NVRTC and the nvcc builds of the same kernels, every dtype and access width: within the
+    kernel-vs-reference tolerance (both compilers may contract multiply-adds differently)."""
+    _needs_compiled("qk_norm_rope")
+    args = make_norm_rope_inputs(case, torch.device("cuda"))
+    compiled = torch.ops.stream_r1_fast.qk_norm_rope(*args)
+    ours = _launch.launcher("qk_norm_rope")(*args)
+    rtol, atol = NORM_ROPE_TOL[case["dtype"]]
+    for got, want in zip(ours, compiled):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)

@@ -1,4 +1,4 @@
-"""Hostile inputs for the five ops, each call in a child process (ops_fuzz_worker.py) so that
+"""Hostile inputs for the six ops, each call in a child process (ops_fuzz_worker.py) so that
 a crash (SIGFPE, SIGSEGV, abort) is a test failure rather than the end of the test run.
 
 Whatever the arguments (bad dtypes, ranks, shapes, non-contiguous strides, a tensor on
@@ -106,6 +106,14 @@ def _sal_args(**over):
 def _rot_args(**over):
     args = [T((1, 7, 3, 2, 8)), T((1, 7, 3, 2, 8)), T((1, 6, 2, 8)), T((1, 6, 2, 8)), T((21, 4)), T((21, 4)),
             5, 2, 3, 0.9]
+    for i, v in over.items():
+        args[int(i[1:])] = v
+    return args
+
+
+def _norm_rope_args(**over):
+    # q, k [B, F, P, H, D] = [1, 2, 3, 2, 8]; tables of 4 frames of 3 tokens; the chunk at frame 1.
+    args = [T((1, 2, 3, 2, 8)), T((1, 2, 3, 2, 8)), T((16,)), T((16,)), T((12, 4)), T((12, 4)), 1, 1e-6]
     for i, v in over.items():
         args[int(i[1:])] = v
     return args
@@ -221,6 +229,33 @@ REGRESSIONS = {
         {**a, "device": "meta"} if isinstance(a, dict) else a for a in _dense_args()]),
     "dense_attention float64, wrapper": dict(op="dense_attention", call="wrapper", args=_dense_args(
         a0=T((1, 5, 2, 64), "float64"), a1=T((1, 70, 2, 64), "float64"), a2=T((1, 70, 2, 64), "float64"))),
+    "qk_norm_rope one meta table":
+        dict(op="qk_norm_rope", call="direct", args=_norm_rope_args(a5=T((12, 4), device="meta"))),
+    "qk_norm_rope frame_offset 2^63-1 (table rows would wrap)":
+        dict(op="qk_norm_rope", call="direct", args=_norm_rope_args(a6=2**63 - 1)),
+    "qk_norm_rope frame_offset 2^63-1, wrapper":
+        dict(op="qk_norm_rope", call="wrapper", args=_norm_rope_args(a6=2**63 - 1)),
+    "qk_norm_rope row of 2^31 elements, empty batch":
+        dict(op="qk_norm_rope", call="direct", args=_norm_rope_args(
+            a0=T((0, 2, 3, 2**16, 2**15)), a1=T((0, 2, 3, 2**16, 2**15)))),
+    "qk_norm_rope huge empty batch, wrapper":
+        dict(op="qk_norm_rope", call="wrapper", args=_norm_rope_args(
+            a0=T((0, 2**32, 2**31, 2, 8)), a1=T((0, 2**32, 2**31, 2, 8)))),
+    "qk_norm_rope huge empty batch":
+        dict(op="qk_norm_rope", call="direct", args=_norm_rope_args(
+            a0=T((0, 2**32, 2**31, 2, 8)), a1=T((0, 2**32, 2**31, 2, 8)))),
+    "qk_norm_rope empty batch":
+        dict(op="qk_norm_rope", call="direct", args=_norm_rope_args(a0=T((0, 2, 3, 2, 8)), a1=T((0, 2, 3, 2, 8)))),
+    "qk_norm_rope inf and nan values":
+        dict(op="qk_norm_rope", call="direct", args=_norm_rope_args(
+            a0=T((1, 2, 3, 2, 8), "bfloat16", fill="nan"), a1=T((1, 2, 3, 2, 8), "bfloat16", fill=[1e30, -1e30]),
+            a2=T((16,), "bfloat16", fill="inf"), a3=T((16,), "bfloat16"))),
+    "qk_norm_rope float32 weights of bf16 tensors":
+        dict(op="qk_norm_rope", call="wrapper", args=_norm_rope_args(
+            a0=T((1, 2, 3, 2, 8), "bfloat16"), a1=T((1, 2, 3, 2, 8), "bfloat16"))),
+    "qk_norm_rope all meta (shape propagation)":
+        dict(op="qk_norm_rope", call="direct", args=[
+            {**a, "device": "meta"} if isinstance(a, dict) else a for a in _norm_rope_args()]),
 }
 
 
@@ -268,7 +303,7 @@ def scalar_mutation(name: str):
     ints = st.sampled_from(INT_EDGES + BAD_SCALARS)
     floats = st.sampled_from([0.0, 1.0, 0.5, -0.1, 1.1, 2**63, 1e-30] + BAD_SCALARS)
     return ints if name in ("sink_size", "grid_h", "grid_w", "temporal_factor", "spatial_factor", "occupied",
-                            "window") else (
+                            "window", "frame_offset") else (
         st.sampled_from(["vae", "trilinear", "nearest", "", None, 3]) if name == "mode" else floats)
 
 
@@ -278,6 +313,7 @@ BASES = {
     "saliency_weights": _sal_args,
     "rotated_cache_advance": _rot_args,
     "dense_attention": _dense_args,
+    "qk_norm_rope": _norm_rope_args,
 }
 SCALAR_NAMES = {
     "ema_cache_update": {6: "sink_size", 7: "alpha"},
@@ -286,6 +322,7 @@ SCALAR_NAMES = {
     "saliency_weights": {2: "mode", 3: "temporal_factor", 4: "spatial_factor", 5: "tau_floor",
                          6: "sigma_floor", 7: "gamma_t", 8: "gamma_s"},
     "rotated_cache_advance": {6: "occupied", 7: "sink_size", 8: "window", 9: "alpha"},
+    "qk_norm_rope": {6: "frame_offset", 7: "eps"},
 }
 
 
@@ -299,6 +336,8 @@ def cases(draw) -> dict:
         args[4] = args[5] = T((1, 3 * draw(st.integers(1, 3)), 2, 8))
     if op == "rotated_cache_advance" and draw(st.booleans()):
         args[6] = draw(st.integers(0, 5))  # every fill state of sink 2, window 3, chunks of 2
+    if op == "qk_norm_rope" and draw(st.booleans()):
+        args[6] = draw(st.integers(0, 2))  # every chunk position the 4-frame tables hold
     if op == "saliency_weights" and draw(st.booleans()):
         args[0] = T((1, 5, 7, 9), fill="rand")  # a fused map
     for _ in range(draw(st.integers(0, 3))):
